@@ -1,0 +1,693 @@
+"""posformer: the encoder-decoder Transformer of Vaswani et al. (2017) with a configurable position encoding.
+
+Shape legend: B batch, S source length, T target length (new tokens this step), P cached target
+length, q/k query/key length, H heads, D head size, d d_model, V vocabulary.
+
+In data-flow order: the eager attention function, attention, the residual sub-layer, encoder and
+decoder layers, the encoder and decoder stacks, the pretrained base, the model, and the
+conditional-generation head. Position encodings live in `position_encodings.py`; each stack builds its
+encoding's tensors once per forward (`AttentionPositions`) and hands them to every layer.
+
+Layer and parameter names are transformers' BART/Marian names (`self_attn`, `encoder_attn`,
+`q_proj/k_proj/v_proj/out_proj`, `fc1/fc2`, `embed_tokens`), so Marian weights copy over one to one.
+"""
+
+import math
+from collections.abc import Callable
+
+import torch
+from torch import nn
+from transformers import GenerationMixin, PreTrainedModel
+from transformers.activations import ACT2FN
+from transformers.cache_utils import Cache, DynamicCache, EncoderDecoderCache
+from transformers.masking_utils import create_bidirectional_mask, create_causal_mask
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_outputs import (
+    BaseModelOutput,
+    BaseModelOutputWithPastAndCrossAttentions,
+    Seq2SeqLMOutput,
+    Seq2SeqModelOutput,
+)
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+from transformers.utils import can_return_tuple, logging
+from transformers.utils.generic import merge_with_config_defaults
+from transformers.utils.output_capturing import OutputRecorder, capture_outputs
+
+from ..configuration.configuration_posformer import PosformerConfig
+from .position_encodings import (
+    POSITION_ENCODINGS,
+    AttentionPositions,
+    PositionEncoding,
+    RelativeAttentionTerm,
+    apply_rotary,
+)
+
+logger = logging.get_logger(__name__)
+
+
+def shift_tokens_right(labels: torch.Tensor, pad_token_id: int, decoder_start_token_id: int) -> torch.Tensor:
+    """Teacher-forcing decoder inputs: `(B, T)` labels shifted right behind the start token, -100 -> pad."""
+    shifted = labels.new_zeros(labels.shape)
+    shifted[:, 1:] = labels[:, :-1]
+    shifted[:, 0] = decoder_start_token_id
+    return shifted.masked_fill(shifted == -100, pad_token_id)
+
+
+def eager_attention_forward(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float,
+    dropout: float = 0.0,
+    position_bias: torch.Tensor | None = None,
+    **kwargs,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Reference attention: `softmax(q k^T * scaling + position_bias + mask) v`.
+
+    Args:
+        query: `(B, H, q, D)`; key, value: `(B, H, k, D)`.
+        attention_mask: `(B, 1, q, k)` additive float mask (eager), boolean keep-mask (built for sdpa,
+            when an encoding sends one attention to this path), or None.
+        position_bias: `(B, H, q, k)` added to the scaled scores, as transformers' kernels add it.
+    Returns:
+        `(B, q, H, D)` output and `(B, H, q, k)` probabilities (after dropout).
+    """
+    scores = torch.matmul(query, key.transpose(2, 3)) * scaling
+    if position_bias is not None:
+        scores = scores + position_bias
+    if attention_mask is not None:
+        if attention_mask.dtype == torch.bool:
+            scores = scores.masked_fill(~attention_mask, torch.finfo(scores.dtype).min)
+        else:
+            scores = scores + attention_mask
+    weights = nn.functional.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
+    weights = nn.functional.dropout(weights, p=dropout, training=module.training)
+    output = torch.matmul(weights, value).transpose(1, 2).contiguous()
+    return output, weights
+
+
+class PosformerAttention(nn.Module):
+    """Multi-head attention (Vaswani et al., 2017) dispatched through transformers' attention interface.
+
+    Self-attention receives its stack's `AttentionPositions` (rotary angles, score bias) and, for
+    encodings with per-layer terms, owns a `relative_term`. Cross-attention gets no position term.
+    """
+
+    def __init__(
+        self,
+        config: PosformerConfig,
+        num_heads: int,
+        is_causal: bool,
+        layer_idx: int,
+        relative_term: RelativeAttentionTerm | None = None,
+    ) -> None:
+        super().__init__()
+        self.config = config
+        self.num_heads = num_heads
+        self.head_dim = config.d_model // num_heads
+        self.scaling = self.head_dim**-0.5
+        self.dropout = config.attention_dropout
+        self.is_causal = is_causal  # read by the sdpa kernel when no mask is given
+        self.layer_idx = layer_idx
+        self.q_proj = nn.Linear(config.d_model, config.d_model)
+        self.k_proj = nn.Linear(config.d_model, config.d_model)
+        self.v_proj = nn.Linear(config.d_model, config.d_model)
+        self.out_proj = nn.Linear(config.d_model, config.d_model)
+        self.relative_term = relative_term
+        encoding = POSITION_ENCODINGS[config.position_encoding]
+        self.needs_weights = relative_term is not None and encoding.needs_attention_weights
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        key_value_states: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        past_key_values: Cache | None = None,
+        positions: AttentionPositions | None = None,
+        **kwargs,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """`(B, q, d)` hidden states (and `(B, S, d)` encoder states for cross-attention) -> `(B, q, d)`."""
+        is_cross_attention = key_value_states is not None
+        input_shape = hidden_states.shape[:-1]
+        query = self.q_proj(hidden_states).view(*input_shape, -1, self.head_dim).transpose(1, 2)  # (B, H, q, D)
+
+        cache = past_key_values
+        if isinstance(past_key_values, EncoderDecoderCache):
+            cache = (
+                past_key_values.cross_attention_cache if is_cross_attention else past_key_values.self_attention_cache
+            )
+        if is_cross_attention and cache is not None and past_key_values.is_updated.get(self.layer_idx):
+            # the encoder's keys and values were projected at the first step; reuse them
+            key, value = cache.layers[self.layer_idx].keys, cache.layers[self.layer_idx].values
+        else:
+            source = key_value_states if is_cross_attention else hidden_states
+            kv_shape = (*source.shape[:-1], -1, self.head_dim)
+            key = self.k_proj(source).view(kv_shape).transpose(1, 2)  # (B, H, k, D)
+            value = self.v_proj(source).view(kv_shape).transpose(1, 2)
+            if positions is not None and positions.rotary is not None:
+                query, key = apply_rotary(query, key, *positions.rotary)
+            if cache is not None:
+                key, value = cache.update(key, value, self.layer_idx)
+                if is_cross_attention:
+                    past_key_values.is_updated[self.layer_idx] = True
+
+        position_bias = positions.bias if positions is not None else None
+        if self.relative_term is not None:
+            layer_bias = self.relative_term.score_bias(query, key, positions, self.scaling)
+            position_bias = layer_bias if position_bias is None else position_bias + layer_bias
+        if position_bias is not None and "flex" in self.config._attn_implementation:
+            # flex indexes the bias by batch row, so it cannot broadcast a batch of 1
+            position_bias = position_bias.expand(query.shape[0], -1, -1, -1)
+
+        attention_interface: Callable = eager_attention_forward
+        if not self.needs_weights:
+            attention_interface = ALL_ATTENTION_FUNCTIONS.get_interface(
+                self.config._attn_implementation, eager_attention_forward
+            )
+        elif self.config._attn_implementation != "eager":
+            logger.warning_once(
+                f"position_encoding={self.config.position_encoding!r} adds relative value embeddings weighted by "
+                f"the attention probabilities, which {self.config._attn_implementation!r} does not return: its "
+                "self-attention runs on the eager path (same results; cross-attention keeps the fast kernel)."
+            )
+        attn_output, attn_weights = attention_interface(
+            self,
+            query,
+            key,
+            value,
+            attention_mask,
+            dropout=self.dropout if self.training else 0.0,
+            scaling=self.scaling,
+            position_bias=position_bias,
+            **kwargs,
+        )
+        if self.needs_weights:
+            attn_output = attn_output + self.relative_term.value_term(attn_weights, positions).transpose(1, 2)
+        attn_output = self.out_proj(attn_output.reshape(*input_shape, -1))
+        return attn_output, attn_weights
+
+
+def residual_sublayer(
+    hidden_states: torch.Tensor,
+    sublayer: Callable[[torch.Tensor], torch.Tensor],
+    layer_norm: nn.LayerNorm,
+    dropout: float,
+    normalize_before: bool,
+    training: bool,
+) -> torch.Tensor:
+    """`LayerNorm(x + Dropout(f(x)))` (post-LN, the paper) or `x + Dropout(f(LayerNorm(x)))` (pre-LN)."""
+    if normalize_before:
+        return hidden_states + nn.functional.dropout(sublayer(layer_norm(hidden_states)), dropout, training)
+    return layer_norm(hidden_states + nn.functional.dropout(sublayer(hidden_states), dropout, training))
+
+
+class PosformerLayer(GradientCheckpointingLayer):
+    """What encoder and decoder layers share: residual sub-layers and the position-wise feed-forward
+    network `fc2(Dropout(act(fc1(x))))`."""
+
+    def __init__(self, config: PosformerConfig, ffn_dim: int) -> None:
+        super().__init__()
+        self.dropout = config.dropout
+        self.normalize_before = config.normalize_before
+        self.activation_fn = ACT2FN[config.activation_function]
+        self.activation_dropout = config.activation_dropout
+        self.fc1 = nn.Linear(config.d_model, ffn_dim)
+        self.fc2 = nn.Linear(ffn_dim, config.d_model)
+        self.final_layer_norm = nn.LayerNorm(config.d_model)
+
+    def feed_forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        hidden_states = self.activation_fn(self.fc1(hidden_states))
+        hidden_states = nn.functional.dropout(hidden_states, p=self.activation_dropout, training=self.training)
+        return self.fc2(hidden_states)
+
+    def sublayer(
+        self,
+        hidden_states: torch.Tensor,
+        sublayer: Callable[[torch.Tensor], torch.Tensor],
+        layer_norm: nn.LayerNorm,
+    ) -> torch.Tensor:
+        return residual_sublayer(
+            hidden_states, sublayer, layer_norm, self.dropout, self.normalize_before, self.training
+        )
+
+
+class PosformerEncoderLayer(PosformerLayer):
+    """Self-attention then feed-forward, each a residual sub-layer."""
+
+    def __init__(self, config: PosformerConfig, layer_idx: int, relative_term: RelativeAttentionTerm | None) -> None:
+        super().__init__(config, config.encoder_ffn_dim)
+        self.self_attn = PosformerAttention(
+            config,
+            config.encoder_attention_heads,
+            is_causal=False,
+            layer_idx=layer_idx,
+            relative_term=relative_term,
+        )
+        self.self_attn_layer_norm = nn.LayerNorm(config.d_model)
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        positions: AttentionPositions | None = None,
+        **kwargs,
+    ) -> torch.Tensor:
+        def self_attention(x: torch.Tensor) -> torch.Tensor:
+            return self.self_attn(x, attention_mask=attention_mask, positions=positions, **kwargs)[0]
+
+        hidden_states = self.sublayer(hidden_states, self_attention, self.self_attn_layer_norm)
+        return self.sublayer(hidden_states, self.feed_forward, self.final_layer_norm)
+
+
+class PosformerDecoderLayer(PosformerLayer):
+    """Causal self-attention, cross-attention over the encoder output, then feed-forward."""
+
+    def __init__(self, config: PosformerConfig, layer_idx: int, relative_term: RelativeAttentionTerm | None) -> None:
+        super().__init__(config, config.decoder_ffn_dim)
+        heads = config.decoder_attention_heads
+        self.self_attn = PosformerAttention(
+            config, heads, is_causal=True, layer_idx=layer_idx, relative_term=relative_term
+        )
+        self.self_attn_layer_norm = nn.LayerNorm(config.d_model)
+        self.encoder_attn = PosformerAttention(config, heads, is_causal=False, layer_idx=layer_idx)
+        self.encoder_attn_layer_norm = nn.LayerNorm(config.d_model)
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        encoder_hidden_states: torch.Tensor | None = None,
+        encoder_attention_mask: torch.Tensor | None = None,
+        past_key_values: Cache | None = None,
+        positions: AttentionPositions | None = None,
+        **kwargs,
+    ) -> torch.Tensor:
+        def self_attention(x: torch.Tensor) -> torch.Tensor:
+            return self.self_attn(
+                x,
+                attention_mask=attention_mask,
+                past_key_values=past_key_values,
+                positions=positions,
+                **kwargs,
+            )[0]
+
+        def cross_attention(x: torch.Tensor) -> torch.Tensor:
+            return self.encoder_attn(
+                x,
+                key_value_states=encoder_hidden_states,
+                attention_mask=encoder_attention_mask,
+                past_key_values=past_key_values,
+                **kwargs,
+            )[0]
+
+        hidden_states = self.sublayer(hidden_states, self_attention, self.self_attn_layer_norm)
+        hidden_states = self.sublayer(hidden_states, cross_attention, self.encoder_attn_layer_norm)
+        return self.sublayer(hidden_states, self.feed_forward, self.final_layer_norm)
+
+
+def check_attention_backend(position_encoding: str, implementation: str | None) -> None:
+    """Raise `ValueError` when the requested attention kernel cannot compute the encoding's maths."""
+    if implementation is None:
+        return
+    encoding = POSITION_ENCODINGS[position_encoding]
+    if "flash" in implementation and encoding.adds_score_bias:
+        raise ValueError(
+            f"position_encoding={position_encoding!r} adds a bias to the attention scores, which "
+            f"attn_implementation={implementation!r} cannot apply (it would be silently dropped). Use "
+            "attn_implementation='sdpa' (default) or 'eager', or an encoding without a score bias "
+            "('none', 'sinusoidal', 'learned', 'hadamard', 'rope')."
+        )
+    if "flex" in implementation and encoding.needs_attention_weights:
+        raise ValueError(
+            f"position_encoding={position_encoding!r} needs the attention probabilities for its relative "
+            f"value term, which attn_implementation={implementation!r} does not return. Use "
+            "attn_implementation='sdpa' (default; its self-attention runs eagerly) or 'eager'."
+        )
+
+
+class PosformerPreTrainedModel(PreTrainedModel):
+    config: PosformerConfig
+    base_model_prefix = "model"
+    supports_gradient_checkpointing = True
+    _supports_sdpa = True
+    _supports_flash_attn = True  # only for encodings without a score bias: see `check_attention_backend`
+    _supports_flex_attn = True
+    _no_split_modules = ["PosformerEncoderLayer", "PosformerDecoderLayer"]
+
+    def get_correct_attn_implementation(self, requested_attention: str | None, is_init_check: bool = False) -> str:
+        check_attention_backend(self.config.position_encoding, requested_attention)
+        return super().get_correct_attn_implementation(requested_attention, is_init_check)
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        super()._init_weights(module)
+        if isinstance(module, (PositionEncoding, RelativeAttentionTerm)):
+            module.init_weights(self.config)
+
+
+class PosformerStack(PosformerPreTrainedModel):
+    """What the encoder and decoder share: token embeddings (scaled), the position encoding, layers,
+    and, with pre-LN, a final LayerNorm."""
+
+    causal: bool
+    layer_class: type[PosformerEncoderLayer]
+
+    def __init__(self, config: PosformerConfig, embed_tokens: nn.Embedding | None, num_layers: int, heads: int):
+        super().__init__(config)
+        self.dropout = config.dropout
+        self.embed_scale = math.sqrt(config.d_model) if config.scale_embedding else 1.0
+        self.embed_tokens = embed_tokens or nn.Embedding(config.vocab_size, config.d_model, config.pad_token_id)
+        self.position_encoding = POSITION_ENCODINGS[config.position_encoding](config, heads, causal=self.causal)
+        self.layers = nn.ModuleList(
+            [self.layer_class(config, i, self.position_encoding.make_layer_term()) for i in range(num_layers)]
+        )
+        self.layer_norm = nn.LayerNorm(config.d_model) if config.normalize_before else None
+        self.self_attention_runs_eager = POSITION_ENCODINGS[config.position_encoding].needs_attention_weights
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.embed_tokens
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.embed_tokens = value
+
+    def embed(
+        self, input_ids: torch.Tensor | None, inputs_embeds: torch.Tensor | None, position_ids: torch.Tensor
+    ) -> torch.Tensor:
+        """Scaled token embeddings combined with the positions (embedding contract), then dropout."""
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("Pass exactly one of input_ids and inputs_embeds.")
+        if inputs_embeds is None:
+            inputs_embeds = self.embed_tokens(input_ids)
+        hidden_states = self.position_encoding.embed(inputs_embeds * self.embed_scale, position_ids)
+        return nn.functional.dropout(hidden_states, p=self.dropout, training=self.training)
+
+    def finish(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.layer_norm(hidden_states) if self.layer_norm is not None else hidden_states
+
+
+def default_positions(length: int, offset: int, device: torch.device) -> torch.Tensor:
+    """`(1, length)` positions `offset .. offset + length - 1`, shared by the batch."""
+    return torch.arange(offset, offset + length, device=device)[None]
+
+
+class PosformerEncoder(PosformerStack):
+    """The encoder stack: `config.encoder_layers` bidirectional [`PosformerEncoderLayer`]s."""
+
+    causal = False
+    layer_class = PosformerEncoderLayer
+    _can_record_outputs = {"hidden_states": PosformerEncoderLayer, "attentions": PosformerAttention}
+
+    def __init__(self, config: PosformerConfig, embed_tokens: nn.Embedding | None = None) -> None:
+        super().__init__(config, embed_tokens, config.encoder_layers, config.encoder_attention_heads)
+        self.post_init()
+
+    @merge_with_config_defaults
+    @capture_outputs
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        **kwargs,
+    ) -> BaseModelOutput:
+        """`(B, S)` ids (or `(B, S, d)` embeddings), `(B, S)` padding mask (1 = token) -> `(B, S, d)`.
+
+        `position_ids` `(B|1, S)` defaults to `0 .. S-1`.
+        """
+        reference = input_ids if input_ids is not None else inputs_embeds
+        if position_ids is None:
+            position_ids = default_positions(reference.shape[1], 0, reference.device)
+        hidden_states = self.embed(input_ids, inputs_embeds, position_ids)
+        positions = self.position_encoding.attention_positions(position_ids, position_ids)
+        attention_mask = create_bidirectional_mask(
+            config=self.config, inputs_embeds=hidden_states, attention_mask=attention_mask
+        )
+        for layer in self.layers:
+            hidden_states = layer(hidden_states, attention_mask, positions=positions, **kwargs)
+        return BaseModelOutput(last_hidden_state=self.finish(hidden_states))
+
+
+class PosformerDecoder(PosformerStack):
+    """The decoder stack: `config.decoder_layers` causal [`PosformerDecoderLayer`]s with cross-attention."""
+
+    causal = True
+    layer_class = PosformerDecoderLayer
+    _can_record_outputs = {
+        "hidden_states": PosformerDecoderLayer,
+        "attentions": OutputRecorder(PosformerAttention, index=1, layer_name="self_attn"),
+        "cross_attentions": OutputRecorder(PosformerAttention, index=1, layer_name="encoder_attn"),
+    }
+
+    def __init__(self, config: PosformerConfig, embed_tokens: nn.Embedding | None = None) -> None:
+        super().__init__(config, embed_tokens, config.decoder_layers, config.decoder_attention_heads)
+        self.post_init()
+
+    @merge_with_config_defaults
+    @capture_outputs
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        encoder_hidden_states: torch.Tensor | None = None,
+        encoder_attention_mask: torch.Tensor | None = None,
+        past_key_values: Cache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        **kwargs,
+    ) -> BaseModelOutputWithPastAndCrossAttentions:
+        """`(B, T)` target ids attending to `(B, S, d)` encoder states -> `(B, T, d)`.
+
+        Positions continue at the cache's length `P`: `position_ids` `(B|1, T)` defaults to `P .. P+T-1`,
+        and the keys of the cached tokens are taken to sit at `0 .. P-1`.
+        """
+        reference = input_ids if input_ids is not None else inputs_embeds
+        length = reference.shape[1]
+        if use_cache and past_key_values is None:
+            past_key_values = EncoderDecoderCache(DynamicCache(config=self.config), DynamicCache(config=self.config))
+        self_attention_cache = (
+            past_key_values.self_attention_cache
+            if isinstance(past_key_values, EncoderDecoderCache)
+            else past_key_values
+        )
+        past_length = self_attention_cache.get_seq_length() if self_attention_cache is not None else 0
+        if position_ids is None:
+            position_ids = default_positions(length, past_length, reference.device)
+        key_positions = position_ids
+        if past_length:
+            cached = default_positions(past_length, 0, reference.device)
+            key_positions = torch.cat([cached.expand(position_ids.shape[0], -1), position_ids], dim=-1)
+
+        hidden_states = self.embed(input_ids, inputs_embeds, position_ids)
+        positions = self.position_encoding.attention_positions(position_ids, key_positions)
+        causal_mask = create_causal_mask(
+            config=self.config,
+            inputs_embeds=hidden_states,
+            attention_mask=attention_mask,
+            past_key_values=self_attention_cache,
+            # an attention that runs eagerly under another implementation needs the mask spelled out
+            allow_is_causal_skip=not self.self_attention_runs_eager,
+        )
+        encoder_attention_mask = create_bidirectional_mask(
+            config=self.config,
+            inputs_embeds=hidden_states,
+            attention_mask=encoder_attention_mask,
+            encoder_hidden_states=encoder_hidden_states,
+        )
+        for layer in self.layers:
+            hidden_states = layer(
+                hidden_states,
+                causal_mask,
+                encoder_hidden_states,  # positional: a checkpoint input under gradient checkpointing
+                encoder_attention_mask=encoder_attention_mask,
+                past_key_values=past_key_values,
+                positions=positions,
+                **kwargs,
+            )
+        return BaseModelOutputWithPastAndCrossAttentions(
+            last_hidden_state=self.finish(hidden_states), past_key_values=past_key_values
+        )
+
+
+class PosformerModel(PosformerPreTrainedModel):
+    """Encoder and decoder sharing one token embedding matrix (`shared`), as the paper shares its
+    source/target BPE vocabulary. Returns `Seq2SeqModelOutput`."""
+
+    _tied_weights_keys = {
+        "encoder.embed_tokens.weight": "shared.weight",
+        "decoder.embed_tokens.weight": "shared.weight",
+    }
+
+    def __init__(self, config: PosformerConfig) -> None:
+        super().__init__(config)
+        self.shared = nn.Embedding(config.vocab_size, config.d_model, config.pad_token_id)
+        self.encoder = PosformerEncoder(config, self.shared)
+        self.decoder = PosformerDecoder(config, self.shared)
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.shared
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.shared = value
+        self.encoder.embed_tokens = value
+        self.decoder.embed_tokens = value
+
+    @can_return_tuple
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        decoder_input_ids: torch.LongTensor | None = None,
+        decoder_attention_mask: torch.Tensor | None = None,
+        encoder_outputs: tuple[torch.Tensor] | BaseModelOutput | None = None,
+        past_key_values: Cache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        decoder_inputs_embeds: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        decoder_position_ids: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        **kwargs,
+    ) -> Seq2SeqModelOutput:
+        if encoder_outputs is None:
+            encoder_outputs = self.encoder(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                inputs_embeds=inputs_embeds,
+                position_ids=position_ids,
+                **kwargs,
+            )
+        elif not isinstance(encoder_outputs, BaseModelOutput):
+            encoder_outputs = BaseModelOutput(
+                last_hidden_state=encoder_outputs[0],
+                hidden_states=encoder_outputs[1] if len(encoder_outputs) > 1 else None,
+                attentions=encoder_outputs[2] if len(encoder_outputs) > 2 else None,
+            )
+        decoder_outputs = self.decoder(
+            input_ids=decoder_input_ids,
+            attention_mask=decoder_attention_mask,
+            encoder_hidden_states=encoder_outputs.last_hidden_state,
+            encoder_attention_mask=attention_mask,
+            past_key_values=past_key_values,
+            inputs_embeds=decoder_inputs_embeds,
+            position_ids=decoder_position_ids,
+            use_cache=use_cache,
+            **kwargs,
+        )
+        return Seq2SeqModelOutput(
+            last_hidden_state=decoder_outputs.last_hidden_state,
+            past_key_values=decoder_outputs.past_key_values,
+            decoder_hidden_states=decoder_outputs.hidden_states,
+            decoder_attentions=decoder_outputs.attentions,
+            cross_attentions=decoder_outputs.cross_attentions,
+            encoder_last_hidden_state=encoder_outputs.last_hidden_state,
+            encoder_hidden_states=encoder_outputs.hidden_states,
+            encoder_attentions=encoder_outputs.attentions,
+        )
+
+
+def seq2seq_loss(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    label_smoothing: float = 0.0,
+    num_items_in_batch: int | torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Token-level cross-entropy over `(B, T, V)` logits and `(B, T)` labels, -100 ignored.
+
+    Summed, then divided by `num_items_in_batch` when given (transformers' Trainer passes the number of
+    target tokens of the whole accumulated batch, so gradient accumulation weighs every token alike),
+    otherwise by the number of target tokens here.
+    """
+    total = nn.functional.cross_entropy(
+        logits.float().flatten(0, 1),
+        labels.flatten().to(logits.device),
+        ignore_index=-100,
+        reduction="sum",
+        label_smoothing=label_smoothing,
+    )
+    count = num_items_in_batch if num_items_in_batch is not None else (labels != -100).sum()
+    if torch.is_tensor(count):
+        count = count.to(total.device)
+    return total / count
+
+
+class PosformerForConditionalGeneration(PosformerPreTrainedModel, GenerationMixin):
+    """[`PosformerModel`] with a language-modelling head tied to the shared embeddings (by default)."""
+
+    _tied_weights_keys = {"lm_head.weight": "model.shared.weight"}
+
+    def __init__(self, config: PosformerConfig) -> None:
+        super().__init__(config)
+        self.model = PosformerModel(config)
+        self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
+        self.post_init()
+
+    def prepare_decoder_input_ids_from_labels(self, labels: torch.Tensor) -> torch.Tensor:
+        """Used by `DataCollatorForSeq2Seq` to build `decoder_input_ids`."""
+        return shift_tokens_right(labels, self.config.pad_token_id, self.config.decoder_start_token_id)
+
+    @can_return_tuple
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        decoder_input_ids: torch.LongTensor | None = None,
+        decoder_attention_mask: torch.Tensor | None = None,
+        encoder_outputs: tuple[torch.Tensor] | BaseModelOutput | None = None,
+        past_key_values: Cache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        decoder_inputs_embeds: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        decoder_position_ids: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        **kwargs,
+    ) -> Seq2SeqLMOutput:
+        """`labels` `(B, T)` (-100 = ignore) give the loss and, when no decoder inputs are passed, the
+        decoder inputs (labels shifted right behind `decoder_start_token_id`)."""
+        num_items_in_batch = kwargs.pop("num_items_in_batch", None)
+        if labels is not None:
+            use_cache = False
+            if decoder_input_ids is None and decoder_inputs_embeds is None:
+                decoder_input_ids = self.prepare_decoder_input_ids_from_labels(labels)
+        outputs = self.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            decoder_input_ids=decoder_input_ids,
+            decoder_attention_mask=decoder_attention_mask,
+            encoder_outputs=encoder_outputs,
+            past_key_values=past_key_values,
+            inputs_embeds=inputs_embeds,
+            decoder_inputs_embeds=decoder_inputs_embeds,
+            position_ids=position_ids,
+            decoder_position_ids=decoder_position_ids,
+            use_cache=use_cache,
+            **kwargs,
+        )
+        logits = self.lm_head(outputs.last_hidden_state)
+        loss = None
+        if labels is not None:
+            loss = seq2seq_loss(logits, labels, self.config.label_smoothing, num_items_in_batch)
+        return Seq2SeqLMOutput(
+            loss=loss,
+            logits=logits,
+            past_key_values=outputs.past_key_values,
+            decoder_hidden_states=outputs.decoder_hidden_states,
+            decoder_attentions=outputs.decoder_attentions,
+            cross_attentions=outputs.cross_attentions,
+            encoder_last_hidden_state=outputs.encoder_last_hidden_state,
+            encoder_hidden_states=outputs.encoder_hidden_states,
+            encoder_attentions=outputs.encoder_attentions,
+        )
+
+
+__all__ = [
+    "PosformerPreTrainedModel",
+    "PosformerEncoder",
+    "PosformerDecoder",
+    "PosformerModel",
+    "PosformerForConditionalGeneration",
+]
