@@ -1,0 +1,312 @@
+"""The common suite: every check runs for every registered position encoding (and attention backend),
+so an encoding added to the registry is covered without new test code."""
+
+import pytest
+import torch
+from conftest import tiny_config
+from transformers import AutoModelForSeq2SeqLM
+from transformers.modeling_outputs import Seq2SeqLMOutput, Seq2SeqModelOutput
+
+from posformer.modeling import POSITION_ENCODINGS, PosformerForConditionalGeneration, PosformerModel
+
+ENCODINGS = sorted(POSITION_ENCODINGS)
+BACKENDS = ["eager", "sdpa"]
+
+# Encoding x backend pairs that cannot run, with the reason. Everything else must.
+UNSUPPORTED = {
+    (name, backend): "the encoding adds a score bias, which flash-attention cannot apply"
+    for name, cls in POSITION_ENCODINGS.items()
+    if cls.adds_score_bias
+    for backend in ("flash_attention_2", "flash_attention_3")
+} | {
+    (name, "flex_attention"): "the relative value term needs the attention probabilities"
+    for name, cls in POSITION_ENCODINGS.items()
+    if cls.needs_attention_weights
+}
+
+
+def build(position_encoding: str, attn_implementation: str = "sdpa", **overrides) -> PosformerForConditionalGeneration:
+    config = tiny_config(position_encoding, **overrides)
+    config._attn_implementation = attn_implementation
+    model = PosformerForConditionalGeneration(config)
+    return model.eval()
+
+
+def batch(batch_size: int = 3, src_len: int = 9, tgt_len: int = 7):
+    """Right-padded sources (row 1 has 3 pads, row 2 has 1) and targets, ids 4..98 (0-3 are special)."""
+    src = torch.randint(4, 99, (batch_size, src_len))
+    mask = torch.ones_like(src)
+    mask[1, -3:] = 0
+    mask[2 % batch_size, -1:] = 0
+    src = src.masked_fill(mask == 0, 0)
+    tgt = torch.randint(4, 99, (batch_size, tgt_len))
+    return src, mask, tgt
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("encoding", ENCODINGS)
+def test_cached_generation_equals_uncached(encoding, backend):
+    model = build(encoding, backend)
+    src, mask, _ = batch()
+    for kwargs in ({"num_beams": 1}, {"num_beams": 3}):
+        cached = model.generate(src, attention_mask=mask, max_new_tokens=8, min_new_tokens=8, use_cache=True, **kwargs)
+        uncached = model.generate(
+            src, attention_mask=mask, max_new_tokens=8, min_new_tokens=8, use_cache=False, **kwargs
+        )
+        assert torch.equal(cached, uncached), kwargs
+
+
+@pytest.mark.parametrize("encoding", ENCODINGS)
+def test_cached_step_logits_equal_full_forward(encoding):
+    """Feeding the target one token at a time through the cache gives the full forward's logits."""
+    model = build(encoding)
+    src, mask, tgt = batch()
+    with torch.no_grad():
+        full = model(input_ids=src, attention_mask=mask, decoder_input_ids=tgt).logits
+        encoder_outputs = model.get_encoder()(input_ids=src, attention_mask=mask)
+        past, steps = None, []
+        for t in range(tgt.shape[1]):
+            out = model(
+                encoder_outputs=encoder_outputs,
+                attention_mask=mask,
+                decoder_input_ids=tgt[:, t : t + 1],
+                past_key_values=past,
+                use_cache=True,
+            )
+            past = out.past_key_values
+            steps.append(out.logits)
+    torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("encoding", ENCODINGS)
+def test_eager_equals_sdpa(encoding):
+    eager = build(encoding, "eager")
+    sdpa = build(encoding, "sdpa")
+    sdpa.load_state_dict(eager.state_dict())
+    src, mask, tgt = batch()
+    dec_mask = torch.ones_like(tgt)
+    dec_mask[0, -2:] = 0
+    with torch.no_grad():
+        for kwargs in ({}, {"decoder_attention_mask": dec_mask}):
+            expected = eager(input_ids=src, attention_mask=mask, decoder_input_ids=tgt, **kwargs).logits
+            actual = sdpa(input_ids=src, attention_mask=mask, decoder_input_ids=tgt, **kwargs).logits
+            torch.testing.assert_close(actual, expected, atol=1e-5, rtol=1e-4)
+        # an unpadded batch: sdpa then relies on `is_causal`, which must be False in the encoder
+        full = torch.ones_like(mask)
+        expected = eager(input_ids=src, attention_mask=full, decoder_input_ids=tgt).logits
+        torch.testing.assert_close(sdpa(input_ids=src, decoder_input_ids=tgt).logits, expected, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("encoding", ENCODINGS)
+def test_padded_row_equals_row_alone(encoding, backend):
+    model = build(encoding, backend)
+    src, mask, tgt = batch()
+    dec_mask = torch.ones_like(tgt)
+    dec_mask[1, -2:] = 0
+    with torch.no_grad():
+        padded = model(input_ids=src, attention_mask=mask, decoder_input_ids=tgt, decoder_attention_mask=dec_mask)
+        alone = model(input_ids=src[1:2, :-3], decoder_input_ids=tgt[1:2, :-2])
+    torch.testing.assert_close(padded.logits[1, :-2], alone.logits[0], atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(
+        padded.encoder_last_hidden_state[1, :-3], alone.encoder_last_hidden_state[0], atol=1e-5, rtol=1e-4
+    )
+    generated_padded = model.generate(src, attention_mask=mask, max_new_tokens=6, min_new_tokens=6)
+    generated_alone = model.generate(src[1:2, :-3], max_new_tokens=6, min_new_tokens=6)
+    assert torch.equal(generated_padded[1:2], generated_alone)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("encoding", ENCODINGS)
+def test_decoder_is_causal(encoding, backend):
+    model = build(encoding, backend)
+    src, mask, tgt = batch()
+    changed = tgt.clone()
+    changed[:, 4] = (changed[:, 4] + 1 - 4) % 95 + 4
+    with torch.no_grad():
+        before = model(input_ids=src, attention_mask=mask, decoder_input_ids=tgt).logits
+        after = model(input_ids=src, attention_mask=mask, decoder_input_ids=changed).logits
+    torch.testing.assert_close(after[:, :4], before[:, :4], atol=1e-6, rtol=0)
+    assert not torch.allclose(after[:, 4:], before[:, 4:], atol=1e-4)
+
+
+@pytest.mark.parametrize("encoding", ENCODINGS)
+def test_save_reload_gives_equal_logits(encoding, tmp_path):
+    model = build(encoding)
+    with torch.no_grad():  # make every parameter matter, including zero-initialised ones
+        for parameter in model.parameters():
+            parameter.add_(0.01 * torch.randn_like(parameter))
+    model.save_pretrained(tmp_path)
+    assert (tmp_path / "model.safetensors").exists() and (tmp_path / "generation_config.json").exists()
+    src, mask, tgt = batch()
+    for backend in BACKENDS:
+        again, info = AutoModelForSeq2SeqLM.from_pretrained(
+            tmp_path, attn_implementation=backend, output_loading_info=True
+        )
+        assert type(again) is PosformerForConditionalGeneration
+        assert again.config._attn_implementation == backend
+        assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"]
+        with torch.no_grad():
+            expected = model(input_ids=src, attention_mask=mask, decoder_input_ids=tgt).logits
+            actual = again.eval()(input_ids=src, attention_mask=mask, decoder_input_ids=tgt).logits
+        torch.testing.assert_close(actual, expected, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("encoding", ENCODINGS)
+def test_loss_is_finite_and_gradients_reach_every_parameter(encoding):
+    model = build(encoding, dropout=0.1, attention_dropout=0.1, label_smoothing=0.1).train()
+    src, mask, tgt = batch()
+    labels = tgt.clone()
+    labels[0, -2:] = -100
+    out = model(input_ids=src, attention_mask=mask, labels=labels)
+    assert isinstance(out, Seq2SeqLMOutput) and torch.isfinite(out.loss)
+    out.loss.backward()
+    for name, parameter in model.named_parameters():
+        assert parameter.grad is not None and parameter.grad.abs().sum() > 0, name
+
+
+@pytest.mark.parametrize("encoding", ENCODINGS)
+def test_output_attentions_shapes_and_rows_sum_to_one(encoding):
+    model = build(encoding, "eager")
+    src, mask, tgt = batch()
+    with torch.no_grad():
+        out = model(input_ids=src, attention_mask=mask, decoder_input_ids=tgt, output_attentions=True)
+    batch_size, src_len, tgt_len, heads = src.shape[0], src.shape[1], tgt.shape[1], 4
+    expected = {
+        "encoder_attentions": (2, (batch_size, heads, src_len, src_len)),
+        "decoder_attentions": (2, (batch_size, heads, tgt_len, tgt_len)),
+        "cross_attentions": (2, (batch_size, heads, tgt_len, src_len)),
+    }
+    for field, (count, shape) in expected.items():
+        maps = getattr(out, field)
+        assert len(maps) == count, field
+        for weights in maps:
+            assert weights.shape == shape, field
+            torch.testing.assert_close(weights.sum(-1), torch.ones(shape[:-1]))
+    # padding gets no attention; the decoder attends to no future token
+    assert out.encoder_attentions[0][1, :, :, -3:].abs().max() == 0
+    assert out.cross_attentions[0][1, :, :, -3:].abs().max() == 0
+    assert torch.triu(out.decoder_attentions[0], diagonal=1).abs().max() == 0
+
+
+def test_model_returns_seq2seq_model_output():
+    model = PosformerModel(tiny_config()).eval()
+    src, mask, tgt = batch()
+    out = model(input_ids=src, attention_mask=mask, decoder_input_ids=tgt)
+    assert isinstance(out, Seq2SeqModelOutput)
+    assert out.last_hidden_state.shape == (3, tgt.shape[1], 32)
+    assert out.encoder_last_hidden_state.shape == (3, src.shape[1], 32)
+    as_tuple = model(input_ids=src, attention_mask=mask, decoder_input_ids=tgt, return_dict=False)
+    torch.testing.assert_close(as_tuple[0], out.last_hidden_state)
+
+
+def test_labels_are_shifted_into_decoder_inputs_and_minus_100_is_ignored():
+    model = build("sinusoidal")
+    src, mask, tgt = batch()
+    labels = tgt.clone()
+    labels[:, -2:] = -100
+    decoder_input_ids = torch.cat([torch.full((3, 1), model.config.decoder_start_token_id), tgt[:, :-1]], dim=1)
+    decoder_input_ids[:, -1] = model.config.pad_token_id  # the -100 at position -2 becomes pad
+    with torch.no_grad():
+        out = model(input_ids=src, attention_mask=mask, labels=labels)
+        explicit = model(input_ids=src, attention_mask=mask, decoder_input_ids=decoder_input_ids)
+    torch.testing.assert_close(out.logits, explicit.logits)
+    log_probs = explicit.logits.log_softmax(-1)
+    kept = labels != -100
+    expected = -log_probs[kept].gather(-1, labels[kept][:, None]).mean()
+    torch.testing.assert_close(out.loss, expected)
+
+
+def test_label_smoothing_matches_cross_entropy_and_num_items_in_batch_sums():
+    model = build("sinusoidal", label_smoothing=0.1)
+    src, mask, tgt = batch()
+    with torch.no_grad():
+        out = model(input_ids=src, attention_mask=mask, labels=tgt)
+        expected = torch.nn.functional.cross_entropy(out.logits.flatten(0, 1), tgt.flatten(), label_smoothing=0.1)
+        torch.testing.assert_close(out.loss, expected)
+        summed = model(input_ids=src, attention_mask=mask, labels=tgt, num_items_in_batch=torch.tensor(1))
+        torch.testing.assert_close(summed.loss, expected * tgt.numel())
+
+
+def test_lm_head_is_tied_to_shared_embeddings_and_untied_on_request(tmp_path):
+    tied = build("sinusoidal")
+    shared = tied.model.shared.weight
+    assert tied.lm_head.weight is shared
+    assert tied.model.encoder.embed_tokens.weight is shared and tied.model.decoder.embed_tokens.weight is shared
+    untied = build("sinusoidal", tie_word_embeddings=False)
+    assert untied.lm_head.weight is not untied.model.shared.weight
+    assert untied.model.encoder.embed_tokens.weight is untied.model.shared.weight
+    for model, name in ((tied, "tied"), (untied, "untied")):
+        model.save_pretrained(tmp_path / name)
+        again = AutoModelForSeq2SeqLM.from_pretrained(tmp_path / name)
+        assert (again.lm_head.weight is again.model.shared.weight) == (name == "tied")
+        torch.testing.assert_close(again.lm_head.weight, model.lm_head.weight)
+        torch.testing.assert_close(again.model.shared.weight, model.model.shared.weight)
+
+
+def test_resize_token_embeddings_keeps_everything_tied_and_updates_the_config():
+    model = build("rope")
+    model.resize_token_embeddings(120)
+    assert model.config.vocab_size == 120
+    for module in (model.model.encoder.embed_tokens, model.model.decoder.embed_tokens, model.lm_head):
+        assert module.weight is model.model.shared.weight
+    src, mask, tgt = batch()
+    src[0, 0] = 119
+    assert model(input_ids=src, attention_mask=mask, decoder_input_ids=tgt).logits.shape[-1] == 120
+
+
+def test_get_encoder_and_decoder():
+    model = build("t5")
+    assert model.get_encoder() is model.model.encoder
+    assert model.get_decoder() is model.model.decoder
+
+
+@pytest.mark.parametrize("encoding", ["t5", "shaw", "rope"])
+def test_gradient_checkpointing_gives_the_same_loss_and_gradients(encoding):
+    model = build(encoding).train()
+    src, mask, tgt = batch()
+    model(input_ids=src, attention_mask=mask, labels=tgt).loss.backward()
+    expected = {name: p.grad.clone() for name, p in model.named_parameters()}
+    model.zero_grad()
+    model.activation_checkpointing_enable()
+    assert all(layer.gradient_checkpointing for layer in model.model.encoder.layers)
+    model(input_ids=src, attention_mask=mask, labels=tgt).loss.backward()
+    for name, parameter in model.named_parameters():
+        torch.testing.assert_close(parameter.grad, expected[name], msg=name)
+
+
+@pytest.mark.parametrize("normalize_before", [False, True])
+def test_pre_and_post_layer_norm(normalize_before):
+    model = build("sinusoidal", normalize_before=normalize_before)
+    assert (model.model.encoder.layer_norm is not None) == normalize_before
+    src, mask, tgt = batch()
+    out = model(input_ids=src, attention_mask=mask, decoder_input_ids=tgt)
+    assert torch.isfinite(out.logits).all()
+    if not normalize_before:  # post-LN: every layer's output is normalised
+        hidden = out.encoder_last_hidden_state
+        torch.testing.assert_close(hidden.mean(-1), torch.zeros(hidden.shape[:-1]), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize(("encoding", "backend"), sorted(UNSUPPORTED))
+def test_impossible_backend_is_a_clear_error_at_load(encoding, backend, tmp_path):
+    build(encoding).save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match=f"position_encoding='{encoding}'.*attn_implementation='sdpa'"):
+        AutoModelForSeq2SeqLM.from_pretrained(tmp_path, attn_implementation=backend)
+    with pytest.raises(ValueError, match=f"position_encoding='{encoding}'"):
+        build(encoding).set_attn_implementation(backend)
+
+
+def test_shaw_under_sdpa_says_once_that_self_attention_runs_eagerly(caplog):
+    from transformers.utils import logging
+
+    logging.warning_once.cache_clear()  # another test may have logged it already
+    logging.enable_propagation()
+    try:
+        model = build("shaw", "sdpa")
+        src, mask, tgt = batch()
+        with caplog.at_level("WARNING"):
+            model(input_ids=src, attention_mask=mask, decoder_input_ids=tgt)
+            model(input_ids=src, attention_mask=mask, decoder_input_ids=tgt)
+    finally:
+        logging.disable_propagation()
+    assert sum("runs on the eager path" in r.getMessage() for r in caplog.records) == 1

@@ -1,0 +1,48 @@
+"""The README's usage example runs as written, and the package installs only under `posformer.`"""
+
+import re
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_readme_usage_example_runs(tmp_path, monkeypatch):
+    blocks = re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), flags=re.DOTALL)
+    assert blocks, "the README has no Python example"
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    for block in blocks:
+        exec(compile(block, "README.md", "exec"), namespace)
+    assert (tmp_path / "ckpt" / "model.safetensors").exists()
+    assert namespace["ids"].shape[0] == 2
+    assert namespace["again"].config._attn_implementation == "sdpa"
+
+
+def test_wheel_holds_only_namespaced_packages(tmp_path):
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(tmp_path),
+            str(ROOT),
+        ],
+        check=True,
+        cwd=tmp_path,
+    )
+    (wheel,) = tmp_path.glob("posformer-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    top_level = {name.split("/")[0] for name in names}
+    assert top_level == {"posformer", next(n for n in top_level if n.endswith(".dist-info"))}, top_level
+    for module in ("configuration/configuration_posformer.py", "modeling/modeling_posformer.py"):
+        assert f"posformer/{module}" in names
+    assert "posformer/modeling/position_encodings.py" in names and "posformer/training/__init__.py" in names
+    assert not any("tests/" in name for name in names)
