@@ -3,9 +3,9 @@ and every field read by the model."""
 
 import pytest
 import torch
-from conftest import TINY, tiny_config
 from transformers import AutoConfig
 
+from conftest import TINY, tiny_config
 from posformer.configuration import PosformerConfig
 from posformer.modeling import POSITION_ENCODINGS, PosformerForConditionalGeneration
 

@@ -3,10 +3,10 @@ so an encoding added to the registry is covered without new test code."""
 
 import pytest
 import torch
-from conftest import tiny_config
 from transformers import AutoModelForSeq2SeqLM
 from transformers.modeling_outputs import Seq2SeqLMOutput, Seq2SeqModelOutput
 
+from conftest import tiny_config
 from posformer.modeling import POSITION_ENCODINGS, PosformerForConditionalGeneration, PosformerModel
 
 ENCODINGS = sorted(POSITION_ENCODINGS)
