@@ -462,7 +462,8 @@ class PosformerDecoder(PosformerStack):
         """`(B, T)` target ids attending to `(B, S, d)` encoder states -> `(B, T, d)`.
 
         Positions continue at the cache's length `P`: `position_ids` `(B|1, T)` defaults to `P .. P+T-1`,
-        and the keys of the cached tokens are taken to sit at `0 .. P-1`.
+        and the cached tokens are taken to sit right before the first new position (so explicit,
+        shifted positions stay consistent step after step).
         """
         reference = input_ids if input_ids is not None else inputs_embeds
         length = reference.shape[1]
@@ -478,8 +479,9 @@ class PosformerDecoder(PosformerStack):
             position_ids = default_positions(length, past_length, reference.device)
         key_positions = position_ids
         if past_length:
-            cached = default_positions(past_length, 0, reference.device)
-            key_positions = torch.cat([cached.expand(position_ids.shape[0], -1), position_ids], dim=-1)
+            # the cached tokens are the P positions right before the first new one
+            cached = position_ids[:, :1] - past_length + torch.arange(past_length, device=reference.device)
+            key_positions = torch.cat([cached, position_ids], dim=-1)
 
         hidden_states = self.embed(input_ids, inputs_embeds, position_ids)
         positions = self.position_encoding.attention_positions(position_ids, key_positions)

@@ -166,11 +166,15 @@ def test_loss_is_finite_and_gradients_reach_every_parameter(encoding):
 
 
 @pytest.mark.parametrize("encoding", ENCODINGS)
-def test_output_attentions_shapes_and_rows_sum_to_one(encoding):
+def test_output_attentions_and_hidden_states(encoding):
     model = build(encoding, "eager")
     src, mask, tgt = batch()
     with torch.no_grad():
-        out = model(input_ids=src, attention_mask=mask, decoder_input_ids=tgt, output_attentions=True)
+        out = model(
+            input_ids=src, attention_mask=mask, decoder_input_ids=tgt, output_attentions=True, output_hidden_states=True
+        )
+    assert len(out.encoder_hidden_states) == len(out.decoder_hidden_states) == 3  # embeddings + 2 layers
+    torch.testing.assert_close(out.encoder_hidden_states[-1], out.encoder_last_hidden_state)
     batch_size, src_len, tgt_len, heads = src.shape[0], src.shape[1], tgt.shape[1], 4
     expected = {
         "encoder_attentions": (2, (batch_size, heads, src_len, src_len)),
@@ -310,3 +314,49 @@ def test_shaw_under_sdpa_says_once_that_self_attention_runs_eagerly(caplog):
     finally:
         logging.disable_propagation()
     assert sum("runs on the eager path" in r.getMessage() for r in caplog.records) == 1
+
+
+@pytest.mark.parametrize("encoding", ENCODINGS)
+def test_sampling_with_cache_equals_sampling_without(encoding):
+    model = build(encoding)
+    src, mask, _ = batch()
+    samples = []
+    for use_cache in (True, False):
+        torch.manual_seed(3)
+        samples.append(
+            model.generate(
+                src,
+                attention_mask=mask,
+                do_sample=True,
+                top_k=0,
+                max_new_tokens=8,
+                min_new_tokens=8,
+                use_cache=use_cache,
+            )
+        )
+    assert torch.equal(*samples)
+
+
+def test_cross_attention_keys_and_values_are_projected_once_per_sequence():
+    model = build("t5")
+    calls = []
+    for layer in model.model.decoder.layers:
+        layer.encoder_attn.k_proj.register_forward_hook(lambda *_: calls.append("k"))
+        layer.encoder_attn.v_proj.register_forward_hook(lambda *_: calls.append("v"))
+    src, mask, _ = batch()
+    model.generate(src, attention_mask=mask, max_new_tokens=8, min_new_tokens=8, num_beams=2)
+    assert len(calls) == 2 * len(model.model.decoder.layers)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("encoding", [name for name in ENCODINGS if (name, "flex_attention") not in UNSUPPORTED])
+def test_flex_attention_equals_eager(encoding):
+    """flex_attention compiles on first use (tens of seconds on CPU), hence slow."""
+    eager = build(encoding, "eager")
+    flex = build(encoding, "flex_attention")
+    flex.load_state_dict(eager.state_dict())
+    src, mask, tgt = batch()
+    with torch.no_grad():
+        expected = eager(input_ids=src, attention_mask=mask, decoder_input_ids=tgt).logits
+        actual = flex(input_ids=src, attention_mask=mask, decoder_input_ids=tgt).logits
+    torch.testing.assert_close(actual, expected, atol=1e-5, rtol=1e-4)
