@@ -1,0 +1,165 @@
+"""The training job end to end at tiny sizes: export that loads, exact resume, two processes, bad input."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+
+from posformer.training.train import TrainingDivergedError, main
+
+TINY_MODEL = [
+    "--model_size", "tiny", "--d_model", "32", "--encoder_ffn_dim", "64", "--decoder_ffn_dim", "64",
+    "--encoder_layers", "1", "--decoder_layers", "1",
+]  # fmt: skip
+FAST = [
+    "--tokenizer_vocab_size", "300", "--max_tokens", "512", "--warmup_steps", "4", "--learning_rate", "3e-3",
+    "--logging_steps", "1", "--max_eval_samples", "8", "--max_test_samples", "8", "--eval_batch_size", "8",
+    "--num_beams", "2", "--report_to", "none", "--num_samples_to_show", "2",
+]  # fmt: skip
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> str:
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return str(path)
+
+
+def toy_pairs(count: int, offset: int = 0) -> list[dict]:
+    words = ["file", "open", "save", "close", "print", "copy", "delete", "folder", "name", "error"]
+    german = ["Datei", "öffnen", "speichern", "schließen", "drucken", "kopieren", "löschen", "Ordner", "Name", "Fehler"]
+    rows = []
+    for i in range(offset, offset + count):
+        picks = [(i * 7 + k * 3) % len(words) for k in range(2 + i % 4)]
+        rows.append(
+            {"translation": {"en": " ".join(words[p] for p in picks), "de": " ".join(german[p] for p in picks)}}
+        )
+    return rows
+
+
+@pytest.fixture()
+def toy_files(tmp_path) -> list[str]:
+    return [
+        "--train_file", write_jsonl(tmp_path / "train.jsonl", toy_pairs(200)),
+        "--validation_file", write_jsonl(tmp_path / "validation.jsonl", toy_pairs(10, 500)),
+        "--test_file", write_jsonl(tmp_path / "test.jsonl", toy_pairs(10, 900)),
+    ]  # fmt: skip
+
+
+def losses(output_dir: Path) -> dict[int, float]:
+    records = [json.loads(line) for line in (output_dir / "metrics.jsonl").read_text().splitlines()]
+    return {record["step"]: record["train_loss"] for record in records if "train_loss" in record}
+
+
+def test_tiny_run_on_the_builtin_corpus_exports_a_model_that_loads_and_translates(tmp_path, capsys):
+    out = tmp_path / "run"
+    results = main(
+        [*TINY_MODEL, *FAST, "--output_dir", str(out), "--max_train_samples", "2000", "--max_steps", "12",
+         "--eval_steps", "6", "--save_steps", "6", "--position_encoding", "alibi"]
+    )  # fmt: skip
+    printed = capsys.readouterr().out
+    assert "Test BLEU" in printed and "translation:" in printed
+    assert 0 <= results["test_bleu"] <= 100 and results["test_chrf"] > 0 and len(results["samples"]) == 2
+    model_dir = out / "model"
+    for name in ("model.safetensors", "config.json", "generation_config.json", "README.md", "tokenizer.json"):
+        assert (model_dir / name).is_file(), name
+    model = AutoModelForSeq2SeqLM.from_pretrained(model_dir)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    assert model.config.position_encoding == "alibi" and model.generation_config.num_beams == 4
+    encoded = tokenizer(["Open the file.", "Save all"], padding=True, return_tensors="pt")
+    generated = model.generate(**encoded, max_new_tokens=8)
+    assert len(tokenizer.batch_decode(generated, skip_special_tokens=True)) == 2
+    assert (out / "training_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["checkpoint-12", "checkpoint-6"]
+    steps = losses(out)
+    assert sorted(steps) == list(range(1, 13)) and all(torch.isfinite(torch.tensor(list(steps.values()))))
+
+
+def test_resume_continues_exactly(tmp_path, toy_files):
+    common = [*TINY_MODEL, *FAST, *toy_files, "--max_steps", "8", "--save_steps", "4", "--eval_steps", "100",
+              "--dropout", "0.1", "--gradient_accumulation_steps", "2", "--max_tokens", "128"]  # fmt: skip
+    straight, interrupted = tmp_path / "straight", tmp_path / "interrupted"
+    main([*common, "--output_dir", str(straight)])
+    main([*common, "--output_dir", str(interrupted), "--max_steps", "4"])
+    with pytest.raises(ValueError, match="already holds a run.*--resume_from_checkpoint latest"):
+        main([*common, "--output_dir", str(interrupted)])
+    main([*common, "--output_dir", str(interrupted), "--resume_from_checkpoint", "latest"])
+    assert losses(interrupted) == pytest.approx(losses(straight), rel=0, abs=0)
+    expected = load_file(straight / "checkpoints" / "checkpoint-8" / "model.safetensors")
+    actual = load_file(interrupted / "checkpoints" / "checkpoint-8" / "model.safetensors")
+    assert expected.keys() == actual.keys()
+    for name in expected:
+        assert torch.equal(expected[name], actual[name]), name
+
+
+@pytest.mark.slow
+def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path, toy_files):
+    """Two gloo processes with one batch each equal one process accumulating two batches (dropout off,
+    so both see the same computation; only the order of float reductions differs: tolerance 1e-5)."""
+    common = [*TINY_MODEL, *FAST, *toy_files, "--max_steps", "6", "--save_steps", "100", "--eval_steps", "100",
+              "--dropout", "0", "--max_tokens", "128"]  # fmt: skip
+    one, two = tmp_path / "one", tmp_path / "two"
+    main([*common, "--output_dir", str(one), "--gradient_accumulation_steps", "2"])
+    # `accelerate launch --cpu` starts one process; data parallelism on CPUs (gloo) is asked for like this:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "true"}
+    subprocess.run(
+        [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+         "-m", "posformer.training", *common, "--output_dir", str(two)],
+        check=True, env=env, cwd=tmp_path,
+    )  # fmt: skip
+    assert sorted(losses(two)) == list(range(1, 7))
+    assert losses(two) == pytest.approx(losses(one), rel=1e-5)
+    expected, actual = (load_file(run / "model" / "model.safetensors") for run in (one, two))
+    for name in expected:
+        if name.endswith("k_proj.bias"):
+            # softmax ignores a bias added to every key: its true gradient is zero, so Adam turns float noise
+            # (which differs with the reduction order) into full-size steps
+            continue
+        torch.testing.assert_close(actual[name], expected[name], rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_nan_loss_stops_with_the_step_and_last_checkpoint(tmp_path, toy_files, monkeypatch):
+    from posformer.modeling import PosformerForConditionalGeneration
+
+    original = PosformerForConditionalGeneration.forward
+    calls = {"n": 0}
+
+    def poisoned(self, *args, **kwargs):
+        out = original(self, *args, **kwargs)
+        if self.training:
+            calls["n"] += 1
+            if calls["n"] == 5:
+                out.loss = out.loss * float("nan")
+        return out
+
+    monkeypatch.setattr(PosformerForConditionalGeneration, "forward", poisoned)
+    out = tmp_path / "run"
+    with pytest.raises(TrainingDivergedError, match=r"nan at step 5.*checkpoint-4"):
+        main([*TINY_MODEL, *FAST, *toy_files, "--output_dir", str(out), "--max_steps", "8", "--save_steps", "4",
+              "--eval_steps", "100"])  # fmt: skip
+    assert [p.name for p in (out / "checkpoints").iterdir()] == ["checkpoint-4"]
+    assert not (out / "model").exists()
+
+
+@pytest.mark.parametrize(
+    ("rows", "extra", "message"),
+    [
+        ([{"english": "a", "german": "b"}], [], r"columns \['english', 'german'\].*`translation` column"),
+        ([{"translation": {"en": "a", "fr": "b"}}], [], r"languages \['en', 'fr'\], not \['de'\]"),
+        ([{"en": "a", "de": "b"}], ["--target_lang", "es"], r"two text columns named 'en' and 'es'"),
+        ([], [], r"The train split is empty"),
+        (None, ["--max_tokens", "3"], r"--max_tokens 3 is smaller than the longest training pair"),
+    ],
+)
+def test_bad_input_is_a_clear_error_and_writes_nothing(tmp_path, toy_files, rows, extra, message):
+    files = list(toy_files)
+    if rows is not None:
+        files[1] = write_jsonl(tmp_path / "bad.jsonl", rows)
+    out = tmp_path / "run"
+    with pytest.raises(ValueError, match=message):
+        main([*TINY_MODEL, *FAST, *files, *extra, "--output_dir", str(out), "--max_steps", "2"])
+    assert not (out / "checkpoints").exists() and not (out / "model").exists()

@@ -1,0 +1,182 @@
+"""Command-line arguments of `posformer-train`, as dataclasses parsed by transformers' `HfArgumentParser`.
+
+Names follow transformers' translation examples (`--dataset_name`, `--source_lang`, `--output_dir`,
+`--max_steps`, ...). Model sizes come from a named preset (`--model_size`) and every `PosformerConfig`
+field can be overridden on its own (`--d_model 384`); `--config run.yaml` reads any of these from a
+YAML or JSON file (the command line wins over the file).
+"""
+
+import dataclasses
+import json
+import sys
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+from transformers import HfArgumentParser
+
+from ..configuration.configuration_posformer import PosformerConfig
+
+MODEL_SIZES: dict[str, dict[str, int | float]] = {
+    # a few minutes on a laptop CPU
+    "tiny": dict(d_model=128, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
+                 decoder_attention_heads=4, encoder_ffn_dim=512, decoder_ffn_dim=512),
+    # the default: the built-in corpus on 2 CPU cores in the README's time budget
+    "small": dict(d_model=256, encoder_layers=3, decoder_layers=3, encoder_attention_heads=4,
+                  decoder_attention_heads=4, encoder_ffn_dim=1024, decoder_ffn_dim=1024),
+    # Vaswani et al. (2017), Table 3 "base"
+    "base": dict(d_model=512, encoder_layers=6, decoder_layers=6, encoder_attention_heads=8,
+                 decoder_attention_heads=8, encoder_ffn_dim=2048, decoder_ffn_dim=2048, dropout=0.1),
+    # Vaswani et al. (2017), Table 3 "big"
+    "big": dict(d_model=1024, encoder_layers=6, decoder_layers=6, encoder_attention_heads=16,
+                decoder_attention_heads=16, encoder_ffn_dim=4096, decoder_ffn_dim=4096, dropout=0.3),
+}  # fmt: skip
+
+# Config fields that the data or the training recipe decide, not the user's model choice.
+NOT_MODEL_OPTIONS = {
+    "vocab_size", "pad_token_id", "bos_token_id", "eos_token_id", "decoder_start_token_id",
+    "use_cache", "is_encoder_decoder", "is_decoder", "label_smoothing", "position_encoding",
+}  # fmt: skip
+
+
+def _cli_type(annotation) -> type:
+    """The one type argparse should parse a config field's annotation (`float | int` -> float) as."""
+    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
+        members = [member for member in typing.get_args(annotation) if member is not type(None)]
+        return float if float in members else members[0]
+    return annotation
+
+
+def _model_override_fields() -> list[tuple[str, type, dataclasses.Field]]:
+    hints = PosformerConfig.__annotations__  # the config's own fields, as real types
+    fields = []
+    for config_field in dataclasses.fields(PosformerConfig):
+        name = config_field.name
+        if name not in hints or name in NOT_MODEL_OPTIONS:
+            continue
+        cli_type = _cli_type(hints[name])
+        if cli_type not in (int, float, str, bool):
+            continue
+        help_text = f"Override PosformerConfig.{name} (else the --model_size preset, else {config_field.default!r})."
+        fields.append((name, cli_type | None, field(default=None, metadata={"help": help_text})))
+    return fields
+
+
+@dataclass
+class ModelChoice:
+    model_size: str = field(
+        default="small", metadata={"help": f"Named size preset: {', '.join(MODEL_SIZES)} (base/big: the paper's)."}
+    )
+    position_encoding: str = field(default="sinusoidal", metadata={"help": "Position encoding (see README)."})
+
+    def __post_init__(self) -> None:
+        if self.model_size not in MODEL_SIZES:
+            raise ValueError(f"Unknown --model_size {self.model_size!r}. Choose one of: {', '.join(MODEL_SIZES)}.")
+
+
+# Every PosformerConfig field a user may set, generated from the config so that none is forgotten.
+ModelArguments = dataclasses.make_dataclass("ModelArguments", _model_override_fields(), bases=(ModelChoice,))
+ModelArguments.__doc__ = "Model size preset, position encoding, and any PosformerConfig field override."
+
+
+@dataclass
+class DataArguments:
+    """Where the parallel data comes from and how it is tokenised."""
+
+    dataset_name: str | None = field(
+        default=None, metadata={"help": "A datasets Hub name (e.g. wmt14). Default: the built-in en-de corpus."}
+    )
+    dataset_config_name: str | None = field(default=None, metadata={"help": "Its configuration (e.g. de-en)."})
+    train_file: str | None = field(default=None, metadata={"help": "Local json/jsonl/csv/parquet training file."})
+    validation_file: str | None = field(default=None, metadata={"help": "Local validation file."})
+    test_file: str | None = field(default=None, metadata={"help": "Local test file."})
+    source_lang: str = field(default="en", metadata={"help": "Source language code (key or column name)."})
+    target_lang: str = field(default="de", metadata={"help": "Target language code (key or column name)."})
+    tokenizer_name: str | None = field(
+        default=None, metadata={"help": "Load this tokenizer instead of training a shared BPE on the training data."}
+    )
+    tokenizer_vocab_size: int = field(default=8000, metadata={"help": "Vocabulary size of the trained BPE."})
+    max_source_length: int = field(default=128, metadata={"help": "Drop training pairs with longer sources."})
+    max_target_length: int = field(default=128, metadata={"help": "Drop training pairs with longer targets."})
+    max_train_samples: int | None = field(default=None, metadata={"help": "Use only this many training pairs."})
+    max_eval_samples: int | None = field(
+        default=500, metadata={"help": "Validation pairs translated for BLEU/chrF at each evaluation."}
+    )
+    max_test_samples: int | None = field(default=None, metadata={"help": "Test pairs scored at the end."})
+
+
+@dataclass
+class TrainingArguments:
+    """The training recipe of Vaswani et al. (2017) and how the run is logged, saved and resumed."""
+
+    output_dir: str = field(default="runs/posformer", metadata={"help": "Checkpoints, logs and the final model."})
+    max_steps: int = field(default=2000, metadata={"help": "Optimizer steps."})
+    max_tokens: int = field(default=4096, metadata={"help": "Tokens per batch and process (padded, larger side)."})
+    gradient_accumulation_steps: int = field(default=1, metadata={"help": "Batches per optimizer step."})
+    learning_rate: float = field(default=7e-4, metadata={"help": "Peak learning rate, reached after warmup."})
+    warmup_steps: int = field(default=4000, metadata={"help": "Linear warmup, then inverse square root decay."})
+    adam_beta1: float = field(default=0.9, metadata={"help": "AdamW beta1."})
+    adam_beta2: float = field(default=0.98, metadata={"help": "AdamW beta2 (the paper's 0.98)."})
+    adam_epsilon: float = field(default=1e-9, metadata={"help": "AdamW epsilon (the paper's 1e-9)."})
+    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay."})
+    label_smoothing: float = field(default=0.1, metadata={"help": "Label smoothing of the loss."})
+    max_grad_norm: float = field(default=1.0, metadata={"help": "Gradient clipping (0 disables)."})
+    seed: int = field(default=42, metadata={"help": "Seed for initialisation, data order and dropout."})
+    logging_steps: int = field(default=25, metadata={"help": "Log training loss every N steps."})
+    eval_steps: int = field(default=500, metadata={"help": "Validation loss and BLEU/chrF every N steps."})
+    save_steps: int = field(default=500, metadata={"help": "Save a resumable checkpoint every N steps."})
+    save_total_limit: int = field(default=3, metadata={"help": "Keep the last K checkpoints."})
+    average_last_checkpoints: int = field(
+        default=1, metadata={"help": "Export the average of the last N checkpoints (the paper averages 5)."}
+    )
+    resume_from_checkpoint: str | None = field(
+        default=None, metadata={"help": "'latest' or a checkpoint folder: continue that run exactly."}
+    )
+    num_beams: int = field(default=4, metadata={"help": "Beam size for evaluation and export."})
+    length_penalty: float = field(default=0.6, metadata={"help": "Length penalty (the paper's 0.6)."})
+    eval_batch_size: int = field(default=64, metadata={"help": "Sentences per generation batch."})
+    num_samples_to_show: int = field(default=5, metadata={"help": "Test translations printed at the end."})
+    report_to: str = field(
+        default="auto", metadata={"help": "Accelerate tracker: auto (tensorboard if installed), all, none."}
+    )
+
+
+def parse_args(argv: list[str] | None = None) -> tuple:
+    """Parse `argv` (default `sys.argv[1:]`), with `--config FILE` (YAML or JSON) read first."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = HfArgumentParser((ModelArguments, DataArguments, TrainingArguments), prog="posformer-train")
+    parser.add_argument("--config", default=None, help="YAML or JSON file of any of these arguments.")
+    namespace, _ = parser.parse_known_args(argv)
+    if namespace.config is not None:
+        argv = _arguments_from_file(Path(namespace.config)) + argv
+    return parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=False)[:3]
+
+
+def _arguments_from_file(path: Path) -> list[str]:
+    """Turn a YAML/JSON mapping into `--key value` arguments that the command line can override."""
+    if not path.is_file():
+        raise FileNotFoundError(f"--config {path}: no such file.")
+    values = yaml.safe_load(path.read_text()) if path.suffix in (".yaml", ".yml") else json.loads(path.read_text())
+    if not isinstance(values, dict):
+        raise ValueError(f"--config {path} must hold a mapping of argument names to values.")
+    arguments = []
+    for key, value in values.items():
+        arguments += [f"--{key}", str(value)]
+    return arguments
+
+
+def build_config(model_args, vocab_size: int, special_ids: dict[str, int], label_smoothing: float) -> PosformerConfig:
+    """The PosformerConfig of a run: preset, then the user's overrides, then the tokenizer's ids."""
+    values = dict(MODEL_SIZES[model_args.model_size])
+    for name, _, _ in _model_override_fields():
+        if getattr(model_args, name) is not None:
+            values[name] = getattr(model_args, name)
+    return PosformerConfig(
+        **values,
+        position_encoding=model_args.position_encoding,
+        vocab_size=vocab_size,
+        label_smoothing=label_smoothing,
+        **special_ids,
+    )

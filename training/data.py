@@ -1,0 +1,240 @@
+"""Parallel data for training: loading, checking, a shared BPE tokenizer, and token-capped batches.
+
+Data arrive in one of two layouts that the datasets library uses for translation: a `translation`
+column of `{lang: text}` dicts (wmt14, the built-in corpus) or one text column per language. Both
+become `source` / `target` strings; anything else is a clear error naming the columns that are there.
+"""
+
+import os
+import random
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+import torch
+from datasets import Dataset, DatasetDict, load_dataset
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
+
+from .corpus import load_builtin_corpus
+
+SPLITS = ("train", "validation", "test")
+SPECIAL_TOKENS = {"pad_token": "<pad>", "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"}
+FILE_LOADERS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet", ".gz": "json"}
+
+
+def load_parallel_data(data_args) -> DatasetDict:
+    """Raw splits from the Hub (`--dataset_name`), local files (`--train_file` ...) or the built-in corpus."""
+    if data_args.dataset_name is not None:
+        return load_dataset(data_args.dataset_name, data_args.dataset_config_name)
+    files = {
+        split: path
+        for split, path in zip(
+            SPLITS, (data_args.train_file, data_args.validation_file, data_args.test_file), strict=True
+        )
+        if path is not None
+    }
+    if not files:
+        return load_builtin_corpus()
+    suffixes = {FILE_LOADERS.get("." + path.rsplit(".", 1)[-1]) for path in files.values()}
+    if None in suffixes or len(suffixes) != 1:
+        raise ValueError(
+            f"Data files must all be one of {sorted(set(FILE_LOADERS))} (json/jsonl may be gzipped), got {files}."
+        )
+    for split, path in files.items():
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"--{split}_file {path}: no such file.")
+        if os.path.getsize(path) == 0:
+            raise ValueError(f"The {split} split is empty: --{split}_file {path} holds no sentence pair.")
+    # one split at a time: the files need not share a schema, and errors name the file
+    loader = suffixes.pop()
+    return DatasetDict(
+        {split: load_dataset(loader, data_files={split: path}, split=split) for split, path in files.items()}
+    )
+
+
+def source_target_pairs(dataset: Dataset, split: str, source_lang: str, target_lang: str) -> Dataset:
+    """`dataset` with exactly the columns `source` and `target` (strings), whatever its layout."""
+    if len(dataset) == 0:
+        raise ValueError(f"The {split} split is empty: it needs at least one sentence pair.")
+    columns = dataset.column_names
+    if "translation" in columns:
+        languages = sorted(dataset[0]["translation"])
+        missing = [lang for lang in (source_lang, target_lang) if lang not in languages]
+        if missing:
+            raise ValueError(
+                f"The {split} split's `translation` column has languages {languages}, not {missing}. "
+                f"Set --source_lang/--target_lang to two of {languages}."
+            )
+
+        def pick(batch):
+            return {
+                "source": [pair[source_lang] for pair in batch["translation"]],
+                "target": [pair[target_lang] for pair in batch["translation"]],
+            }
+
+    elif source_lang in columns and target_lang in columns:
+
+        def pick(batch):
+            return {"source": batch[source_lang], "target": batch[target_lang]}
+
+    else:
+        raise ValueError(
+            f"The {split} split has columns {columns}: it needs either a `translation` column of "
+            f"{{language: text}} dicts or two text columns named {source_lang!r} and {target_lang!r} "
+            f"(set --source_lang/--target_lang to the column names)."
+        )
+    return dataset.map(pick, batched=True, remove_columns=columns, desc=f"{split}: source/target")
+
+
+def prepare_splits(raw: DatasetDict, data_args) -> DatasetDict:
+    """Train/validation(/test) as `source`/`target` pairs; train and validation are required."""
+    for required in ("train", "validation"):
+        if required not in raw:
+            raise ValueError(
+                f"The data have splits {sorted(raw)}, but a {required!r} split is required "
+                f"(pass --{required}_file, or a dataset that has one)."
+            )
+    pairs = DatasetDict(
+        {
+            split: source_target_pairs(raw[split], split, data_args.source_lang, data_args.target_lang)
+            for split in SPLITS
+            if split in raw
+        }
+    )
+    if data_args.max_train_samples is not None:
+        pairs["train"] = pairs["train"].select(range(min(data_args.max_train_samples, len(pairs["train"]))))
+    return pairs
+
+
+def train_bpe_tokenizer(texts: Iterable[str], vocab_size: int) -> PreTrainedTokenizerFast:
+    """A BPE shared by source and target (Sennrich et al., 2016), trained with `tokenizers`.
+
+    NFKC normalisation, Metaspace pre-tokenisation (so decoding restores the spaces), `</s>` appended to
+    every encoded text; special ids `<pad>`=0, `<s>`=1, `</s>`=2, `<unk>`=3 (PosformerConfig's defaults).
+    """
+    tokenizer = Tokenizer(models.BPE(unk_token=SPECIAL_TOKENS["unk_token"]))
+    tokenizer.normalizer = normalizers.NFKC()
+    tokenizer.pre_tokenizer = pre_tokenizers.Metaspace()
+    tokenizer.decoder = decoders.Metaspace()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS.values()), show_progress=False
+    )
+    tokenizer.train_from_iterator(texts, trainer=trainer)
+    eos = SPECIAL_TOKENS["eos_token"]
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single=f"$A {eos}", pair=f"$A {eos} $B {eos}", special_tokens=[(eos, tokenizer.token_to_id(eos))]
+    )
+    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, **SPECIAL_TOKENS)
+
+
+def load_or_train_tokenizer(data_args, train_pairs: Dataset) -> PreTrainedTokenizerBase:
+    if data_args.tokenizer_name is not None:
+        return AutoTokenizer.from_pretrained(data_args.tokenizer_name)
+
+    def texts() -> Iterator[str]:
+        for batch in train_pairs.iter(batch_size=1000):
+            yield from batch["source"]
+            yield from batch["target"]
+
+    return train_bpe_tokenizer(texts(), data_args.tokenizer_vocab_size)
+
+
+def special_token_ids(tokenizer: PreTrainedTokenizerBase) -> dict[str, int]:
+    """The config's token ids: decoding starts with `<s>` (or, without one, the pad token as in Marian)."""
+    start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.pad_token_id
+    return dict(
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=start,
+        eos_token_id=tokenizer.eos_token_id,
+        decoder_start_token_id=start,
+    )
+
+
+def tokenize_pairs(pairs: Dataset, tokenizer: PreTrainedTokenizerBase, split: str) -> Dataset:
+    """Add `input_ids` and `labels` (both ending in `</s>`)."""
+
+    def encode(batch):
+        encoded = tokenizer(batch["source"], text_target=batch["target"], add_special_tokens=True)
+        return {"input_ids": encoded["input_ids"], "labels": encoded["labels"]}
+
+    return pairs.map(encode, batched=True, desc=f"{split}: tokenize")
+
+
+def filter_by_length(dataset: Dataset, max_source_length: int, max_target_length: int) -> Dataset:
+    """Training pairs whose source and target fit the limits (and are not empty)."""
+    return dataset.filter(
+        lambda ids, labels: 1 < len(ids) <= max_source_length and 1 < len(labels) <= max_target_length,
+        input_columns=["input_ids", "labels"],
+        desc="train: length filter",
+    )
+
+
+@dataclass
+class TokenBatches:
+    """Length-bucketed batches of at most `max_tokens` padded tokens (larger side), sharded across processes.
+
+    Every epoch: shuffle, stable-sort by length (so equal lengths stay shuffled), cut greedily into
+    batches with `size * longest <= max_tokens`, shuffle the batches; process `r` of `n` takes batches
+    `r, r + n, ...` and every process gets the same number. Deterministic in `(seed, epoch)`, so a
+    resumed run sees the same batches as an uninterrupted one.
+    """
+
+    lengths: list[int]
+    max_tokens: int
+    seed: int
+    process_index: int = 0
+    num_processes: int = 1
+
+    def __post_init__(self) -> None:
+        longest = max(self.lengths)
+        if longest > self.max_tokens:
+            raise ValueError(
+                f"--max_tokens {self.max_tokens} is smaller than the longest training pair ({longest} tokens), "
+                f"so that pair fits in no batch. Raise --max_tokens, or lower --max_source_length/--max_target_length."
+            )
+        self.batches_per_epoch = len(self.epoch(0))
+        if self.batches_per_epoch == 0:
+            raise ValueError(
+                f"The training data make fewer batches than there are processes ({self.num_processes}). "
+                "Use more data or a smaller --max_tokens."
+            )
+
+    def epoch(self, epoch: int) -> list[list[int]]:
+        rng = random.Random(self.seed * 1_000_003 + epoch)
+        order = list(range(len(self.lengths)))
+        rng.shuffle(order)
+        order.sort(key=self.lengths.__getitem__)
+        batches, current, longest = [], [], 0
+        for index in order:
+            longest_if_added = max(longest, self.lengths[index])
+            if current and longest_if_added * (len(current) + 1) > self.max_tokens:
+                batches.append(current)
+                current, longest_if_added = [], self.lengths[index]
+            current.append(index)
+            longest = longest_if_added
+        batches.append(current)
+        rng.shuffle(batches)
+        usable = len(batches) - len(batches) % self.num_processes
+        return batches[self.process_index : usable : self.num_processes]
+
+    def iterate(self, start: int = 0) -> Iterator[list[int]]:
+        """This process's batches forever, skipping the first `start` (a resumed run's position)."""
+        epoch, offset = divmod(start, self.batches_per_epoch)
+        while True:
+            yield from self.epoch(epoch)[offset:]
+            epoch, offset = epoch + 1, 0
+
+
+def collate(features: list[dict], pad_token_id: int) -> dict[str, torch.Tensor]:
+    """Right-pad `input_ids` (with the pad id, plus `attention_mask`) and `labels` (with -100)."""
+
+    def pad(sequences: list[list[int]], value: int) -> torch.Tensor:
+        longest = max(len(sequence) for sequence in sequences)
+        return torch.tensor([sequence + [value] * (longest - len(sequence)) for sequence in sequences])
+
+    input_ids = pad([feature["input_ids"] for feature in features], pad_token_id)
+    return {
+        "input_ids": input_ids,
+        "attention_mask": pad([[1] * len(feature["input_ids"]) for feature in features], 0),
+        "labels": pad([feature["labels"] for feature in features], -100),
+    }

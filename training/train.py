@@ -1,0 +1,427 @@
+"""`posformer-train`: train a posformer translation model from scratch with Accelerate.
+
+The same script runs on one CPU, one GPU, or many (`accelerate launch -m posformer.training`, with
+whatever an Accelerate config selects: DDP, FSDP, bf16/fp16, several nodes). The recipe is the paper's:
+AdamW (0.9, 0.98, 1e-9), linear warmup then inverse-square-root decay, label smoothing 0.1, dropout,
+gradient clipping, token-capped length-bucketed batches; evaluation decodes with beam search.
+
+Output folder:
+    tokenizer/                 the tokenizer of the run (trained once, reused on resume)
+    checkpoints/checkpoint-N/  Accelerate states every --save_steps (the last --save_total_limit kept)
+    metrics.jsonl              one JSON object per log/eval event
+    training_curves.png        loss and BLEU/chrF against steps
+    model/                     the final (optionally averaged) model: safetensors, tokenizer,
+                               generation config, model card; loads with AutoModelForSeq2SeqLM
+    results.json               test BLEU/chrF and sample translations
+"""
+
+import json
+import math
+import shutil
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import gather_object, is_tensorboard_available, set_seed
+from tqdm.auto import tqdm
+from transformers import AutoTokenizer, get_inverse_sqrt_schedule
+
+from ..modeling import PosformerForConditionalGeneration
+from .arguments import build_config, parse_args
+from .data import (
+    TokenBatches,
+    collate,
+    filter_by_length,
+    load_or_train_tokenizer,
+    load_parallel_data,
+    prepare_splits,
+    special_token_ids,
+    tokenize_pairs,
+)
+from .export import atomic_directory, average_checkpoints, export_model, plot_training_curves
+from .metrics import load_translation_metric
+
+CHECKPOINT_PREFIX = "checkpoint-"
+STATE_FILE = "trainer_state.json"
+
+
+class TrainingDivergedError(RuntimeError):
+    """The loss became NaN or infinite: the run stops before the bad update is applied."""
+
+
+def checkpoints(output_dir: Path) -> list[Path]:
+    """Complete checkpoints of a run, oldest first (a checkpoint is complete once its state file exists)."""
+    folder = output_dir / "checkpoints"
+    found = [path for path in folder.glob(f"{CHECKPOINT_PREFIX}*") if (path / STATE_FILE).is_file()]
+    return sorted(found, key=lambda path: int(path.name.removeprefix(CHECKPOINT_PREFIX)))
+
+
+def resolve_resume(output_dir: Path, resume_from_checkpoint: str | None) -> Path | None:
+    """The checkpoint to continue from; refuses to start a fresh run on top of an existing one."""
+    existing = checkpoints(output_dir)
+    if resume_from_checkpoint is None:
+        if existing:
+            raise ValueError(
+                f"{output_dir} already holds a run ({existing[-1].name}). Continue it with "
+                f"--resume_from_checkpoint latest, or choose another --output_dir."
+            )
+        return None
+    if resume_from_checkpoint == "latest":
+        if not existing:
+            raise ValueError(f"--resume_from_checkpoint latest: {output_dir / 'checkpoints'} holds no checkpoint.")
+        return existing[-1]
+    path = Path(resume_from_checkpoint)
+    if not (path / STATE_FILE).is_file():
+        raise ValueError(f"--resume_from_checkpoint {path}: not a complete checkpoint (no {STATE_FILE}).")
+    return path
+
+
+class Trainer:
+    """One training run: data, model, optimizer and the loop around them."""
+
+    def __init__(self, model_args, data_args, train_args) -> None:
+        self.model_args, self.data_args, self.args = model_args, data_args, train_args
+        self.output_dir = Path(train_args.output_dir)
+        report_to = train_args.report_to
+        if report_to == "auto":
+            report_to = "tensorboard" if is_tensorboard_available() else None
+        self.accelerator = Accelerator(log_with=None if report_to == "none" else report_to, project_dir=self.output_dir)
+        self.resume_from = resolve_resume(self.output_dir, train_args.resume_from_checkpoint)
+        set_seed(train_args.seed)
+        self.tokenizer, self.splits = self._prepare_data()
+        self.model = self._build_model()
+        self.optimizer = torch.optim.AdamW(
+            self.model.parameters(),
+            lr=train_args.learning_rate,
+            betas=(train_args.adam_beta1, train_args.adam_beta2),
+            eps=train_args.adam_epsilon,
+            weight_decay=train_args.weight_decay,
+        )
+        # stepped once per optimizer step by us, not by Accelerate (which steps it once per process)
+        self.scheduler = get_inverse_sqrt_schedule(self.optimizer, num_warmup_steps=train_args.warmup_steps)
+        self.model, self.optimizer = self.accelerator.prepare(self.model, self.optimizer)
+        self.accelerator.register_for_checkpointing(self.scheduler)
+        self.batches = TokenBatches(
+            lengths=[max(len(a), len(b)) for a, b in zip(self.train_ids, self.train_labels, strict=True)],
+            max_tokens=train_args.max_tokens,
+            seed=train_args.seed,
+            process_index=self.accelerator.process_index,
+            num_processes=self.accelerator.num_processes,
+        )
+        self.step = 0
+        if self.resume_from is not None:
+            self.accelerator.load_state(str(self.resume_from))
+            self.step = json.loads((self.resume_from / STATE_FILE).read_text())["step"]
+        self.last_checkpoint: Path | None = self.resume_from
+        self.metric = load_translation_metric()
+        self.started = time.perf_counter()
+
+    # ------------------------------------------------------------------------------------------ setup
+
+    def _prepare_data(self):
+        accelerator, data_args = self.accelerator, self.data_args
+        with accelerator.main_process_first():
+            pairs = prepare_splits(load_parallel_data(data_args), data_args)
+            tokenizer_dir = self.output_dir / "tokenizer"
+            if self.resume_from is not None or (not accelerator.is_main_process and tokenizer_dir.is_dir()):
+                tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+            else:
+                tokenizer = load_or_train_tokenizer(data_args, pairs["train"])
+                if accelerator.is_main_process:
+                    with atomic_directory(tokenizer_dir) as folder:
+                        tokenizer.save_pretrained(folder)
+            train = filter_by_length(
+                tokenize_pairs(pairs["train"], tokenizer, "train"),
+                data_args.max_source_length,
+                data_args.max_target_length,
+            )
+        if len(train) == 0:
+            raise ValueError(
+                "No training pair fits --max_source_length/--max_target_length "
+                f"({data_args.max_source_length}/{data_args.max_target_length} tokens). Raise them."
+            )
+        self.train_ids, self.train_labels = train["input_ids"], train["labels"]
+        return tokenizer, pairs
+
+    def _build_model(self) -> PosformerForConditionalGeneration:
+        config = build_config(
+            self.model_args, len(self.tokenizer), special_token_ids(self.tokenizer), self.args.label_smoothing
+        )
+        return PosformerForConditionalGeneration(config)
+
+    # ------------------------------------------------------------------------------------------ loop
+
+    def train(self) -> dict:
+        args, accelerator = self.args, self.accelerator
+        accelerator.init_trackers("posformer", config=self._hyperparameters())
+        progress = tqdm(
+            total=args.max_steps, initial=self.step, desc="training", disable=not accelerator.is_main_process
+        )
+        batches = self.batches.iterate(start=self.step * args.gradient_accumulation_steps)
+        window_loss, window_tokens, window_start = 0.0, 0, time.perf_counter()
+        while self.step < args.max_steps:
+            loss, tokens = self._train_step([next(batches) for _ in range(args.gradient_accumulation_steps)])
+            self.step += 1
+            window_loss += loss * tokens
+            window_tokens += tokens
+            progress.update(1)
+            if self.step % args.logging_steps == 0 or self.step == args.max_steps:
+                elapsed = time.perf_counter() - window_start
+                record = {
+                    "step": self.step,
+                    "train_loss": window_loss / window_tokens,
+                    "learning_rate": self.scheduler.get_last_lr()[0],
+                    "target_tokens_per_second": window_tokens / elapsed,
+                }
+                self._log(record)
+                progress.set_postfix(
+                    loss=f"{record['train_loss']:.3f}",
+                    lr=f"{record['learning_rate']:.2e}",
+                    tok_s=f"{window_tokens / elapsed:.0f}",
+                )
+                window_loss, window_tokens, window_start = 0.0, 0, time.perf_counter()
+            if self.step % args.eval_steps == 0 or self.step == args.max_steps:
+                self._log({"step": self.step, **self.evaluate("validation", self.data_args.max_eval_samples)})
+            if self.step % args.save_steps == 0 or self.step == args.max_steps:
+                self.save_checkpoint()
+        progress.close()
+        accelerator.wait_for_everyone()
+        results = self.finish()
+        accelerator.end_training()
+        return results
+
+    def _train_step(self, micro_batches: list[list[int]]) -> tuple[float, int]:
+        """One optimizer step over this process's micro-batches; returns the global mean loss and token count.
+
+        The loss of every micro-batch is its summed token loss over the number of target tokens in the
+        whole step (all micro-batches of all processes), so one process with accumulation and several
+        processes with the same global batch compute the same update.
+        """
+        accelerator, model = self.accelerator, self.model
+        model.train()
+        features = [
+            [{"input_ids": self.train_ids[i], "labels": self.train_labels[i]} for i in batch] for batch in micro_batches
+        ]
+        inputs = [collate(batch, self.tokenizer.pad_token_id) for batch in features]
+        local_tokens = sum(int((batch["labels"] != -100).sum()) for batch in inputs)
+        global_tokens = accelerator.reduce(torch.tensor(local_tokens, device=accelerator.device), "sum")
+        step_loss = torch.zeros((), device=accelerator.device)
+        for index, batch in enumerate(inputs):
+            last = index == len(inputs) - 1
+            with nullcontext() if last else accelerator.no_sync(model):
+                batch = {name: tensor.to(accelerator.device) for name, tensor in batch.items()}
+                loss = model(**batch, num_items_in_batch=global_tokens).loss
+                # data parallelism averages gradients over processes; the loss is already a global mean
+                accelerator.backward(loss * accelerator.num_processes)
+            step_loss += loss.detach()
+        step_loss = accelerator.reduce(step_loss, "sum")
+        if not torch.isfinite(step_loss):
+            self.optimizer.zero_grad()
+            last_good = self.last_checkpoint or "none yet (no checkpoint was saved)"
+            raise TrainingDivergedError(
+                f"The training loss is {step_loss.item()} at step {self.step + 1}; the run stopped before applying "
+                f"that update. Last good checkpoint: {last_good}. Lower --learning_rate or raise --warmup_steps, "
+                f"then continue with --resume_from_checkpoint."
+            )
+        if self.args.max_grad_norm > 0:
+            accelerator.clip_grad_norm_(model.parameters(), self.args.max_grad_norm)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad()
+        return step_loss.item(), int(global_tokens)
+
+    # ------------------------------------------------------------------------------------------ evaluation
+
+    @torch.no_grad()
+    def evaluate(self, split: str, max_samples: int | None) -> dict[str, float]:
+        """Token-level loss over the split and BLEU/chrF of beam-search translations of its first `max_samples`."""
+        pairs = self.splits[split]
+        if max_samples is not None:
+            pairs = pairs.select(range(min(max_samples, len(pairs))))
+        model = self.accelerator.unwrap_model(self.model)
+        model.eval()
+        shard = range(self.accelerator.process_index, len(pairs), self.accelerator.num_processes)
+        sources = [pairs[i]["source"] for i in shard]
+        targets = [pairs[i]["target"] for i in shard]
+        loss_sum, token_count = self._loss_sum(model, sources, targets)
+        loss_sum = self.accelerator.reduce(loss_sum, "sum").item()
+        token_count = self.accelerator.reduce(token_count, "sum").item()
+        hypotheses = gather_object(list(zip(shard, self.translate(model, sources), strict=True)))
+        hypotheses = [text for _, text in sorted(hypotheses)]
+        scores = self.metric.compute(predictions=hypotheses, references=list(pairs["target"]))
+        prefix = "eval" if split == "validation" else split
+        return {
+            f"{prefix}_loss": loss_sum / token_count,
+            **{f"{prefix}_{name}": value for name, value in scores.items()},
+        }
+
+    def _loss_sum(self, model, sources: list[str], targets: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Summed token cross-entropy (no label smoothing) and the number of target tokens."""
+        total = torch.zeros((), device=self.accelerator.device)
+        count = torch.zeros((), device=self.accelerator.device, dtype=torch.long)
+        size = self.args.eval_batch_size
+        for start in range(0, len(sources), size):
+            encoded = self.tokenizer(
+                sources[start : start + size], text_target=targets[start : start + size], padding=True,
+                return_tensors="pt",
+            )  # fmt: skip
+            labels = encoded["labels"].masked_fill(encoded["labels"] == self.tokenizer.pad_token_id, -100)
+            logits = model(
+                input_ids=encoded["input_ids"].to(total.device),
+                attention_mask=encoded["attention_mask"].to(total.device),
+                labels=labels.to(total.device),
+            ).logits
+            total += torch.nn.functional.cross_entropy(
+                logits.float().flatten(0, 1), labels.to(total.device).flatten(), ignore_index=-100, reduction="sum"
+            )
+            count += (labels != -100).sum().to(total.device)
+        return total, count
+
+    def translate(self, model, sources: list[str]) -> list[str]:
+        """Beam-search translations, in the order of `sources` (batched by length for speed)."""
+        order = sorted(range(len(sources)), key=lambda i: len(sources[i]))
+        translations: dict[int, str] = {}
+        size = self.args.eval_batch_size
+        for start in range(0, len(order), size):
+            indices = order[start : start + size]
+            encoded = self.tokenizer([sources[i] for i in indices], padding=True, return_tensors="pt")
+            generated = model.generate(
+                **encoded.to(self.accelerator.device),
+                num_beams=self.args.num_beams,
+                length_penalty=self.args.length_penalty,
+                max_new_tokens=int(encoded["input_ids"].shape[1] * 1.5) + 10,
+            )
+            for index, text in zip(
+                indices, self.tokenizer.batch_decode(generated, skip_special_tokens=True), strict=True
+            ):
+                translations[index] = text
+        return [translations[i] for i in range(len(sources))]
+
+    # ------------------------------------------------------------------------------------------ saving
+
+    def save_checkpoint(self) -> None:
+        """An Accelerate state of this step, written aside and renamed into place; the oldest beyond the limit go."""
+        accelerator = self.accelerator
+        final = self.output_dir / "checkpoints" / f"{CHECKPOINT_PREFIX}{self.step}"
+        staging = final.with_name(f".{final.name}.partial")
+        if accelerator.is_main_process and staging.exists():
+            shutil.rmtree(staging)
+        accelerator.wait_for_everyone()
+        accelerator.save_state(str(staging))
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            (staging / STATE_FILE).write_text(json.dumps({"step": self.step}))
+            staging.rename(final)
+            for old in checkpoints(self.output_dir)[: -self.args.save_total_limit]:
+                shutil.rmtree(old)
+        accelerator.wait_for_everyone()
+        self.last_checkpoint = final
+
+    def finish(self) -> dict:
+        """Export the (averaged) model, score the test split, print sample translations, plot the curves."""
+        accelerator, args = self.accelerator, self.args
+        model = accelerator.unwrap_model(self.model)
+        if args.average_last_checkpoints > 1:
+            kept = checkpoints(self.output_dir)[-args.average_last_checkpoints :]
+            model.load_state_dict(average_checkpoints(kept), strict=False)
+        results: dict = {"step": self.step, "averaged_checkpoints": max(1, args.average_last_checkpoints)}
+        if "test" in self.splits:
+            results.update(self.evaluate("test", self.data_args.max_test_samples))
+            sources = list(self.splits["test"]["source"][: args.num_samples_to_show])
+            results["samples"] = [
+                {"source": source, "translation": translation, "reference": reference}
+                for source, translation, reference in zip(
+                    sources,
+                    self.translate(model, sources),
+                    self.splits["test"]["target"][: args.num_samples_to_show],
+                    strict=True,
+                )
+            ]
+        if accelerator.is_main_process:
+            export_model(model, self.tokenizer, self.output_dir / "model", self._card(results))
+            (self.output_dir / "results.json").write_text(json.dumps(results, indent=2, ensure_ascii=False))
+            plot_training_curves(self.output_dir / "metrics.jsonl", self.output_dir / "training_curves.png")
+            self._print_results(results)
+        return results
+
+    # ------------------------------------------------------------------------------------------ reporting
+
+    def _log(self, record: dict) -> None:
+        scalars = {k: v for k, v in record.items() if k != "step" and isinstance(v, int | float)}
+        self.accelerator.log(scalars, step=record["step"])
+        if self.accelerator.is_main_process:
+            with open(self.output_dir / "metrics.jsonl", "a") as file:
+                file.write(json.dumps(record) + "\n")
+            if any(key.startswith("eval_") for key in record):
+                tqdm.write(" ".join(f"{k}={v:.4g}" for k, v in scalars.items()))
+
+    def _hyperparameters(self) -> dict:
+        values = {**vars(self.model_args), **vars(self.data_args), **vars(self.args)}
+        return {k: v for k, v in values.items() if isinstance(v, int | float | str | bool)}
+
+    def _card(self, results: dict) -> dict:
+        """The run-specific values of the model card (`export.py` lists the keys; the model fills the rest)."""
+        args, data_args = self.args, self.data_args
+        source, target = data_args.source_lang, data_args.target_lang
+        builtin = data_args.dataset_name is None and data_args.train_file is None
+        dataset = data_args.dataset_name or ("posformer-builtin-en-de" if builtin else "local-files")
+        sizes = ", ".join(f"{len(pairs):,} {split}" for split, pairs in self.splits.items())
+        if builtin:
+            description = (
+                "The built-in corpus shipped with posformer: English-German message pairs written by free-software "
+                "translators in the gettext catalogs of Debian packages (see `training/corpus/en-de/README.md` for "
+                f"provenance and the licence of each catalog). Sentence pairs: {sizes}."
+            )
+        else:
+            description = f"{dataset} {data_args.dataset_config_name or ''}".strip() + f". Sentence pairs: {sizes}."
+        averaged = max(1, args.average_last_checkpoints)
+        return {
+            "model_name": f"posformer-{self.model_args.model_size}-{self.model_args.position_encoding}"
+            f"-{source}-{target}",
+            "model_id": str(self.output_dir / "model"),
+            "license": "other" if builtin else "apache-2.0",
+            "source_language": source,
+            "target_language": target,
+            "dataset": dataset,
+            "dataset_name": "Debian gettext catalogs, English-German" if builtin else dataset,
+            "dataset_description": description,
+            "tokenizer_description": data_args.tokenizer_name
+            or f"a BPE of {data_args.tokenizer_vocab_size} tokens trained on the training split",
+            "test_split": "test",
+            "train_steps": self.step,
+            "tokens_per_batch": args.max_tokens * args.gradient_accumulation_steps * self.accelerator.num_processes,
+            "optimizer": f"AdamW ({args.adam_beta1}, {args.adam_beta2}, {args.adam_epsilon}), linear warmup then "
+            "inverse square root decay",
+            "learning_rate": args.learning_rate,
+            "warmup_steps": args.warmup_steps,
+            "label_smoothing": args.label_smoothing,
+            "checkpoint_averaging": f"mean of the last {averaged} checkpoints" if averaged > 1 else "none",
+            "seed": args.seed,
+            "hardware": f"{self.accelerator.num_processes} x {self.accelerator.device.type}",
+            "training_time": f"{(time.perf_counter() - self.started) / 60:.1f} min (this session)",
+            "bleu": results.get("test_bleu", float("nan")),
+            "chrf": results.get("test_chrf", float("nan")),
+            "bleu_signature": results.get("test_bleu_signature", "not scored"),
+            "chrf_signature": results.get("test_chrf_signature", "not scored"),
+        }
+
+    def _print_results(self, results: dict) -> None:
+        if "test_bleu" in results:
+            print(
+                f"\nTest BLEU {results['test_bleu']:.2f}  chrF {results['test_chrf']:.2f}  "
+                f"loss {results['test_loss']:.3f}"
+            )
+        for sample in results.get("samples", []):
+            print(f"\n  source:      {sample['source']}\n  translation: {sample['translation']}")
+            print(f"  reference:   {sample['reference']}")
+        print(f"\nModel: {self.output_dir / 'model'} (AutoModelForSeq2SeqLM / AutoTokenizer .from_pretrained)")
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """Parse the command line, train, export; returns the final results."""
+    model_args, data_args, train_args = parse_args(argv)
+    if not math.isfinite(train_args.learning_rate) or train_args.learning_rate <= 0:
+        raise ValueError(f"--learning_rate must be positive, got {train_args.learning_rate}.")
+    return Trainer(model_args, data_args, train_args).train()
