@@ -87,7 +87,7 @@ def test_resume_continues_exactly(tmp_path, toy_files):
     main([*common, "--output_dir", str(interrupted), "--max_steps", "4"])
     with pytest.raises(ValueError, match="already holds a run.*--resume_from_checkpoint latest"):
         main([*common, "--output_dir", str(interrupted)])
-    main([*common, "--output_dir", str(interrupted), "--resume_from_checkpoint", "latest"])
+    main([*common, "--output_dir", str(interrupted), "--resume_from_checkpoint"])  # no value: the latest
     assert losses(interrupted) == pytest.approx(losses(straight), rel=0, abs=0)
     expected = load_file(straight / "checkpoints" / "checkpoint-8" / "model.safetensors")
     actual = load_file(interrupted / "checkpoints" / "checkpoint-8" / "model.safetensors")

@@ -20,10 +20,10 @@ from transformers import HfArgumentParser
 from ..configuration.configuration_posformer import PosformerConfig
 
 MODEL_SIZES: dict[str, dict[str, int | float]] = {
-    # a few minutes on a laptop CPU
+    # the default: the built-in corpus on 2 CPU cores in the README's time budget
     "tiny": dict(d_model=128, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
                  decoder_attention_heads=4, encoder_ffn_dim=512, decoder_ffn_dim=512),
-    # the default: the built-in corpus on 2 CPU cores in the README's time budget
+    # a GPU hour, or a CPU afternoon
     "small": dict(d_model=256, encoder_layers=3, decoder_layers=3, encoder_attention_heads=4,
                   decoder_attention_heads=4, encoder_ffn_dim=1024, decoder_ffn_dim=1024),
     # Vaswani et al. (2017), Table 3 "base"
@@ -67,7 +67,7 @@ def _model_override_fields() -> list[tuple[str, type, dataclasses.Field]]:
 @dataclass
 class ModelChoice:
     model_size: str = field(
-        default="small", metadata={"help": f"Named size preset: {', '.join(MODEL_SIZES)} (base/big: the paper's)."}
+        default="tiny", metadata={"help": f"Named size preset: {', '.join(MODEL_SIZES)} (base/big: the paper's)."}
     )
     position_encoding: str = field(default="sinusoidal", metadata={"help": "Position encoding (see README)."})
 
@@ -102,7 +102,7 @@ class DataArguments:
     max_target_length: int = field(default=128, metadata={"help": "Drop training pairs with longer targets."})
     max_train_samples: int | None = field(default=None, metadata={"help": "Use only this many training pairs."})
     max_eval_samples: int | None = field(
-        default=500, metadata={"help": "Validation pairs translated for BLEU/chrF at each evaluation."}
+        default=200, metadata={"help": "Validation pairs translated for BLEU/chrF at each evaluation."}
     )
     max_test_samples: int | None = field(default=None, metadata={"help": "Test pairs scored at the end."})
 
@@ -112,11 +112,15 @@ class TrainingArguments:
     """The training recipe of Vaswani et al. (2017) and how the run is logged, saved and resumed."""
 
     output_dir: str = field(default="runs/posformer", metadata={"help": "Checkpoints, logs and the final model."})
-    max_steps: int = field(default=2000, metadata={"help": "Optimizer steps."})
+    max_steps: int = field(default=1000, metadata={"help": "Optimizer steps."})
     max_tokens: int = field(default=4096, metadata={"help": "Tokens per batch and process (padded, larger side)."})
     gradient_accumulation_steps: int = field(default=1, metadata={"help": "Batches per optimizer step."})
-    learning_rate: float = field(default=7e-4, metadata={"help": "Peak learning rate, reached after warmup."})
-    warmup_steps: int = field(default=4000, metadata={"help": "Linear warmup, then inverse square root decay."})
+    learning_rate: float = field(
+        default=2e-3, metadata={"help": "Peak learning rate, reached after warmup (paper's base: 7e-4)."}
+    )
+    warmup_steps: int = field(
+        default=250, metadata={"help": "Linear warmup, then inverse square root decay (paper: 4000)."}
+    )
     adam_beta1: float = field(default=0.9, metadata={"help": "AdamW beta1."})
     adam_beta2: float = field(default=0.98, metadata={"help": "AdamW beta2 (the paper's 0.98)."})
     adam_epsilon: float = field(default=1e-9, metadata={"help": "AdamW epsilon (the paper's 1e-9)."})
@@ -132,7 +136,8 @@ class TrainingArguments:
         default=1, metadata={"help": "Export the average of the last N checkpoints (the paper averages 5)."}
     )
     resume_from_checkpoint: str | None = field(
-        default=None, metadata={"help": "'latest' or a checkpoint folder: continue that run exactly."}
+        default=None,
+        metadata={"help": "Continue a run exactly: a checkpoint folder, or 'latest' (also when given no value)."},
     )
     num_beams: int = field(default=4, metadata={"help": "Beam size for evaluation and export."})
     length_penalty: float = field(default=0.6, metadata={"help": "Length penalty (the paper's 0.6)."})
@@ -145,13 +150,23 @@ class TrainingArguments:
 
 def parse_args(argv: list[str] | None = None) -> tuple:
     """Parse `argv` (default `sys.argv[1:]`), with `--config FILE` (YAML or JSON) read first."""
-    argv = list(sys.argv[1:] if argv is None else argv)
+    argv = _resume_defaults_to_latest(list(sys.argv[1:] if argv is None else argv))
     parser = HfArgumentParser((ModelArguments, DataArguments, TrainingArguments), prog="posformer-train")
     parser.add_argument("--config", default=None, help="YAML or JSON file of any of these arguments.")
     namespace, _ = parser.parse_known_args(argv)
     if namespace.config is not None:
         argv = _arguments_from_file(Path(namespace.config)) + argv
     return parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=False)[:3]
+
+
+def _resume_defaults_to_latest(argv: list[str]) -> list[str]:
+    """`--resume_from_checkpoint` with no value means the latest checkpoint of `--output_dir`."""
+    for position, argument in enumerate(argv):
+        if argument in ("--resume_from_checkpoint", "--resume-from-checkpoint"):
+            following = argv[position + 1] if position + 1 < len(argv) else "--"
+            if following.startswith("--"):
+                return argv[: position + 1] + ["latest"] + argv[position + 1 :]
+    return argv
 
 
 def _arguments_from_file(path: Path) -> list[str]:

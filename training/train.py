@@ -40,7 +40,7 @@ from .data import (
     special_token_ids,
     tokenize_pairs,
 )
-from .export import atomic_directory, average_checkpoints, export_model, plot_training_curves
+from .export import atomic_directory, atomic_write_text, average_checkpoints, export_model, plot_training_curves
 from .metrics import load_translation_metric
 
 CHECKPOINT_PREFIX = "checkpoint-"
@@ -341,7 +341,7 @@ class Trainer:
             ]
         if accelerator.is_main_process:
             export_model(model, self.tokenizer, self.output_dir / "model", self._card(results))
-            (self.output_dir / "results.json").write_text(json.dumps(results, indent=2, ensure_ascii=False))
+            atomic_write_text(self.output_dir / "results.json", json.dumps(results, indent=2, ensure_ascii=False))
             plot_training_curves(self.output_dir / "metrics.jsonl", self.output_dir / "training_curves.png")
             self._print_results(results)
         return results

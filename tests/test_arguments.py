@@ -1,0 +1,59 @@
+"""`posformer-train`'s command line: presets, config-field overrides, --config files, --help."""
+
+import shutil
+import subprocess
+
+import pytest
+
+from posformer.configuration import PosformerConfig
+from posformer.training.arguments import MODEL_SIZES, build_config, parse_args
+
+IDS = dict(pad_token_id=0, bos_token_id=1, eos_token_id=2, decoder_start_token_id=1)
+
+
+def test_preset_then_overrides_then_tokenizer_ids():
+    model_args, data_args, train_args = parse_args(["--model_size", "base", "--d_model", "384", "--dropout", "0.2"])
+    config = build_config(model_args, vocab_size=777, special_ids=IDS, label_smoothing=0.1)
+    assert isinstance(config, PosformerConfig)
+    assert config.d_model == 384 and config.dropout == 0.2 and config.vocab_size == 777
+    assert config.encoder_layers == MODEL_SIZES["base"]["encoder_layers"] == 6
+    assert config.label_smoothing == 0.1 and data_args.source_lang == "en" and train_args.max_tokens == 4096
+
+
+def test_every_user_facing_config_field_is_an_argument():
+    model_args, _, _ = parse_args([])
+    for name in PosformerConfig.__annotations__:
+        if name not in {"vocab_size", "pad_token_id", "bos_token_id", "eos_token_id", "decoder_start_token_id",
+                        "use_cache", "is_encoder_decoder", "is_decoder", "label_smoothing"}:  # fmt: skip
+            assert hasattr(model_args, name), name
+
+
+def test_config_file_is_read_and_the_command_line_wins(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("position_encoding: t5\nmax_steps: 77\nd_model: 96\n")
+    model_args, _, train_args = parse_args(["--config", str(path), "--max_steps", "5"])
+    assert model_args.position_encoding == "t5" and model_args.d_model == 96 and train_args.max_steps == 5
+    (tmp_path / "run.json").write_text('{"seed": 3}')
+    assert parse_args(["--config", str(tmp_path / "run.json")])[2].seed == 3
+
+
+def test_resume_without_a_value_means_latest():
+    assert parse_args(["--resume_from_checkpoint"])[2].resume_from_checkpoint == "latest"
+    assert parse_args(["--resume_from_checkpoint", "--seed", "1"])[2].resume_from_checkpoint == "latest"
+    assert parse_args(["--resume_from_checkpoint", "runs/x/checkpoints/checkpoint-4"])[2].resume_from_checkpoint == (
+        "runs/x/checkpoints/checkpoint-4"
+    )
+
+
+def test_unknown_model_size_is_a_clear_error():
+    with pytest.raises(ValueError, match="Unknown --model_size 'huge'. Choose one of: tiny, small, base, big"):
+        parse_args(["--model_size", "huge"])
+
+
+def test_console_script_help_explains_the_arguments():
+    executable = shutil.which("posformer-train")
+    assert executable is not None, "the posformer-train console script is not installed"
+    help_text = subprocess.run([executable, "--help"], capture_output=True, text=True, check=True).stdout
+    for argument in ("--dataset_name", "--source_lang", "--max_tokens", "--position_encoding", "--model_size",
+                     "--resume_from_checkpoint", "--config", "--d_model", "--label_smoothing"):  # fmt: skip
+        assert argument in help_text, argument
