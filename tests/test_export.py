@@ -297,7 +297,7 @@ def test_plot_training_curves_writes_a_png(tmp_path):
         {"step": step, "train_loss": 5.0 / (1 + step / 50), "learning_rate": 1e-4} for step in range(10, 210, 10)
     ]
     records += [
-        {"step": step, "eval_loss": 4.0 / (1 + step / 60), "bleu": step / 10, "chrf": 20 + step / 5}
+        {"step": step, "eval_loss": 4.0 / (1 + step / 60), "eval_bleu": step / 10, "eval_chrf": 20 + step / 5}
         for step in (50, 100, 150, 200)
     ]
     log.write_text("\n".join(json.dumps(record) for record in records) + "\n")

@@ -11,6 +11,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
+from posformer.training.export import LOSS_SERIES, SCORE_SERIES
 from posformer.training.train import TrainingDivergedError, main
 
 TINY_MODEL = [
@@ -74,6 +75,11 @@ def test_tiny_run_on_the_builtin_corpus_exports_a_model_that_loads_and_translate
     generated = model.generate(**encoded, max_new_tokens=8)
     assert len(tokenizer.batch_decode(generated, skip_special_tokens=True)) == 2
     assert (out / "training_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    evaluations = [record for record in records if "eval_loss" in record]
+    assert [record["step"] for record in evaluations] == [6, 12]
+    for record in evaluations:  # every series the plot draws is in the log
+        assert set(LOSS_SERIES) | set(SCORE_SERIES) <= set(record) | {"train_loss"}
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["checkpoint-12", "checkpoint-6"]
     steps = losses(out)
     assert sorted(steps) == list(range(1, 13)) and all(torch.isfinite(torch.tensor(list(steps.values()))))

@@ -71,6 +71,10 @@ WEIGHTS_NAME = "model.safetensors"
 # beam's log-probability by length ** alpha, not by the GNMT penalty ((5 + length) / 6) ** alpha the paper used.
 PAPER_DECODING = {"num_beams": 4, "length_penalty": 0.6, "max_new_tokens": 256, "early_stopping": True}
 
+# metrics.jsonl keys drawn by `plot_training_curves`, with their legend labels.
+LOSS_SERIES = {"train_loss": "training", "eval_loss": "validation"}
+SCORE_SERIES = {"eval_bleu": "BLEU", "eval_chrf": "chrF"}
+
 # Config fields the model card shows as they are.
 ARCHITECTURE_FIELDS = (
     "d_model",
@@ -424,8 +428,8 @@ def training_curves_figure(records: list[dict], title: str) -> Figure:
     """Two panels: training and validation loss vs step; validation BLEU and chrF vs step."""
     figure = Figure(figsize=(11, 4.2), layout="constrained")
     loss_axes, score_axes = figure.subplots(1, 2)
-    _plot_series(loss_axes, records, {"train_loss": "training", "eval_loss": "validation"}, "loss", "Loss")
-    _plot_series(score_axes, records, {"bleu": "BLEU", "chrf": "chrF"}, "score (0-100)", "Validation scores")
+    _plot_series(loss_axes, records, LOSS_SERIES, "loss", "Loss")
+    _plot_series(score_axes, records, SCORE_SERIES, "score (0-100)", "Validation scores")
     figure.suptitle(title)
     return figure
 
@@ -434,7 +438,7 @@ def plot_training_curves(metrics_jsonl: Path, out_png: Path, *, title: str | Non
     """Draw the curves of a metrics log (`read_metrics_jsonl`) to a PNG, written atomically; return `out_png`.
 
     Training records look like `{"step": 10, "train_loss": 3.2, "learning_rate": 1e-4}`, evaluation records like
-    `{"step": 50, "eval_loss": 3.0, "bleu": 1.2, "chrf": 20.1}`; other keys are ignored. The title defaults to
+    `{"step": 50, "eval_loss": 3.0, "eval_bleu": 1.2, "eval_chrf": 20.1}`; other keys are ignored. The title defaults to
     "Training curves: <the folder holding the log>" (the run).
     """
     metrics_jsonl = Path(metrics_jsonl)
