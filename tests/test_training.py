@@ -169,3 +169,29 @@ def test_bad_input_is_a_clear_error_and_writes_nothing(tmp_path, toy_files, rows
     with pytest.raises(ValueError, match=message):
         main([*TINY_MODEL, *FAST, *files, *extra, "--output_dir", str(out), "--max_steps", "2"])
     assert not (out / "checkpoints").exists() and not (out / "model").exists()
+
+
+def test_mixed_precision_comes_from_accelerate(tmp_path, toy_files, monkeypatch):
+    """`accelerate launch --mixed_precision bf16` sets this variable; the forward then runs under bf16 autocast."""
+    from accelerate.state import AcceleratorState
+
+    from posformer.modeling import PosformerForConditionalGeneration
+
+    dtypes = []
+    original = PosformerForConditionalGeneration.forward
+
+    def recording(self, *args, **kwargs):
+        out = original(self, *args, **kwargs)
+        if self.training:
+            dtypes.append(out.logits.dtype)
+        return out
+
+    monkeypatch.setattr(PosformerForConditionalGeneration, "forward", recording)
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")
+    AcceleratorState._reset_state(reset_partial_state=True)
+    try:
+        main([*TINY_MODEL, *FAST, *toy_files, "--output_dir", str(tmp_path / "run"), "--max_steps", "3"])
+    finally:
+        AcceleratorState._reset_state(reset_partial_state=True)
+    assert dtypes and set(dtypes) == {torch.bfloat16}
+    assert all(torch.isfinite(torch.tensor(list(losses(tmp_path / "run").values()))))
