@@ -195,3 +195,19 @@ def test_mixed_precision_comes_from_accelerate(tmp_path, toy_files, monkeypatch)
         AcceleratorState._reset_state(reset_partial_state=True)
     assert dtypes and set(dtypes) == {torch.bfloat16}
     assert all(torch.isfinite(torch.tensor(list(losses(tmp_path / "run").values()))))
+
+
+def test_dataset_name_loads_a_dataset_repository(tmp_path):
+    """`--dataset_name` goes through `datasets.load_dataset(name, config)`; a dataset repository laid out as
+    on the Hub (split-named files) stands in for one here, with two text columns instead of `translation`."""
+    repository = tmp_path / "acme-toy-mt"
+    repository.mkdir()
+    for split, (count, offset) in {"train": (200, 0), "validation": (10, 500), "test": (10, 900)}.items():
+        rows = [row["translation"] for row in toy_pairs(count, offset)]
+        write_jsonl(repository / f"{split}.jsonl", rows)
+    out = tmp_path / "run"
+    results = main([*TINY_MODEL, *FAST, "--dataset_name", str(repository), "--output_dir", str(out),
+                    "--max_steps", "2", "--max_tokens", "128"])  # fmt: skip
+    assert results["step"] == 2 and "test_bleu" in results
+    card = (out / "model" / "README.md").read_text()
+    assert str(repository) in card and "200 train" in card
