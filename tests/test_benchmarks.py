@@ -1,0 +1,27 @@
+"""Smoke test of benchmarks/speed.py at tiny sizes: it runs and writes finite, positive ratios. No timing asserts."""
+
+import importlib.util
+import json
+import math
+from pathlib import Path
+
+from posformer.modeling import POSITION_ENCODINGS
+
+SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "speed.py"
+
+
+def test_speed_benchmark_writes_its_table(tmp_path, capsys):
+    spec = importlib.util.spec_from_file_location("speed", SCRIPT)
+    speed = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(speed)
+    out = tmp_path / "speed.json"
+    speed.main(["--tiny", "--rounds", "1", "--out", str(out)])
+    results = json.loads(out.read_text())
+    assert set(results["workloads"]) == {
+        "training step", "greedy generation", "beam search (4)", "peak training memory (bytes)"
+    }  # fmt: skip
+    for values in results["workloads"].values():
+        assert set(values) == {"posformer", "marian"} | set(POSITION_ENCODINGS) - {"sinusoidal"}
+        assert all(math.isfinite(v) and v > 0 for v in values.values())
+    printed = capsys.readouterr().out
+    assert "| training step |" in printed and "ours / Marian" in printed
