@@ -45,6 +45,7 @@ import contextlib
 import inspect
 import io
 import json
+import math
 import os
 import shutil
 import string
@@ -280,6 +281,8 @@ def _split_front_matter(text: str) -> tuple[str, str]:
 
 def _yaml_value(value: object) -> str:
     """Numbers, booleans and None as YAML scalars; anything else as the escaped inside of a double-quoted string."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return ".nan" if math.isnan(value) else (".inf" if value > 0 else "-.inf")  # YAML's spelling, not JSON's
     if value is None or isinstance(value, (bool, int, float)):
         return json.dumps(value)
     return json.dumps(str(value), ensure_ascii=False)[1:-1]

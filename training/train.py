@@ -13,6 +13,7 @@ Output folder:
     model/                     the final (optionally averaged) model: safetensors, tokenizer,
                                generation config, model card; loads with AutoModelForSeq2SeqLM
     results.json               test BLEU/chrF and sample translations
+    card.json                  the run's model-card values (read by `posformer-export`)
 """
 
 import json
@@ -45,6 +46,8 @@ from .metrics import load_translation_metric
 
 CHECKPOINT_PREFIX = "checkpoint-"
 STATE_FILE = "trainer_state.json"
+RESULTS_FILE = "results.json"
+CARD_FILE = "card.json"  # the run's model-card values, for `posformer-export`
 
 
 class TrainingDivergedError(RuntimeError):
@@ -340,8 +343,10 @@ class Trainer:
                 )
             ]
         if accelerator.is_main_process:
-            export_model(model, self.tokenizer, self.output_dir / "model", self._card(results))
-            atomic_write_text(self.output_dir / "results.json", json.dumps(results, indent=2, ensure_ascii=False))
+            card = self._card(results)
+            export_model(model, self.tokenizer, self.output_dir / "model", card)
+            atomic_write_text(self.output_dir / CARD_FILE, json.dumps(card, indent=2, ensure_ascii=False))
+            atomic_write_text(self.output_dir / RESULTS_FILE, json.dumps(results, indent=2, ensure_ascii=False))
             plot_training_curves(self.output_dir / "metrics.jsonl", self.output_dir / "training_curves.png")
             self._print_results(results)
         return results

@@ -1,0 +1,256 @@
+"""`posformer-export`: turn a finished training run into a documented model folder, and optionally publish it.
+
+    posformer-export RUN_DIR OUT_DIR [--average_last N] [--push_to_hub ORG/NAME] [--private] [--token TOKEN]
+
+RUN_DIR is a `posformer-train` output folder (see `train.py`). The weights are the run's final model
+(`RUN_DIR/model`) or, with `--average_last N`, the element-wise mean of its last N complete checkpoints
+(`RUN_DIR/checkpoints/checkpoint-*`, by step) loaded into that model. OUT_DIR is written atomically by
+`export.export_model`: safetensors, config, tokenizer, the paper's generation config and a model card.
+
+The card's run values (data, recipe, hardware...) come from `RUN_DIR/card.json`, which `train.py` writes with
+the values of its own model card; the scores come from `RUN_DIR/results.json`. The scores are carried over only when
+the exported weights equal the model the run scored; other weights (a different average) get no scores (NaN, and a
+signature saying why) rather than scores they did not earn. The model-derived values (architecture, encoding,
+decoding) are recomputed from the exported model by `export_model`.
+
+With `--push_to_hub`, OUT_DIR is uploaded to the Hub repository ORG/NAME (created if needed; `--private` applies
+only when it is created). The token comes from `--token`, else from `HF_TOKEN` or `huggingface-cli login`; prefer
+those, since a command-line token is visible to other users of the machine.
+"""
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+
+import torch
+from huggingface_hub import HfApi
+from safetensors import SafetensorError
+from transformers import AutoModelForSeq2SeqLM, AutoTokenizer, PreTrainedModel
+
+import posformer.modeling  # noqa: F401  (registers posformer with the Auto classes)
+
+from .export import (
+    WEIGHTS_NAME,
+    average_checkpoints,
+    export_model,
+    model_card_values,
+    paper_generation_config,
+)
+from .train import CARD_FILE, RESULTS_FILE, checkpoints
+
+NOT_SCORED = "not scored: these weights differ from the model the run scored"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Checking the run and the destination
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _is_within(path: Path, folder: Path) -> bool:
+    """Whether `path` is `folder` or lies inside it (both resolved)."""
+    return path == folder or folder in path.parents
+
+
+def check_destination(run_dir: Path, out_dir: Path, overwrite_output_dir: bool) -> None:
+    """`ValueError` when writing `out_dir` would replace the run or its inputs, or an unrelated folder's content.
+
+    `export_model` replaces `out_dir` as a whole, so it must not be the run, a folder holding the run, or inside
+    the run's `model/`, `checkpoints/` or `tokenizer/`; an existing non-empty `out_dir` is replaced only with
+    `overwrite_output_dir`.
+    """
+    run, out = run_dir.resolve(), out_dir.resolve()
+    if _is_within(run, out):
+        raise ValueError(f"OUT_DIR {out_dir} is the run folder or holds it; exporting there would replace the run.")
+    for name in ("model", "checkpoints", "tokenizer"):
+        if _is_within(out, run / name):
+            raise ValueError(
+                f"OUT_DIR {out_dir} lies inside the run's {name}/ ({run_dir / name}), which the export reads "
+                f"from; choose a folder outside it, e.g. {run_dir / 'export'}."
+            )
+    if out.is_dir() and any(out.iterdir()) and not overwrite_output_dir:
+        raise ValueError(
+            f"OUT_DIR {out_dir} exists and is not empty; pass --overwrite_output_dir to replace its content."
+        )
+
+
+def check_run(run_dir: Path) -> None:
+    """`ValueError` unless `run_dir` is a finished run: a `model/` with weights, `results.json` and `card.json`."""
+    if not run_dir.is_dir():
+        raise ValueError(f"RUN_DIR {run_dir} does not exist or is not a folder.")
+    model_dir = run_dir / "model"
+    if not (model_dir / WEIGHTS_NAME).is_file():
+        found = len(checkpoints(run_dir))
+        raise ValueError(
+            f"{model_dir / WEIGHTS_NAME} does not exist, and the export needs the final model's config and "
+            f"tokenizer even to average checkpoints ({run_dir / 'checkpoints'} holds {found} complete ones). "
+            "Finish the run first (posformer-train ... --resume_from_checkpoint latest)."
+        )
+    for name in (RESULTS_FILE, CARD_FILE):
+        if not (run_dir / name).is_file():
+            raise ValueError(f"{run_dir / name} does not exist: the run did not finish writing its results.")
+
+
+def last_checkpoints(run_dir: Path, count: int) -> list[Path]:
+    """The last `count` complete checkpoints of the run, oldest first; `ValueError` when there are fewer."""
+    if count < 1:
+        raise ValueError(f"--average_last must be at least 1, got {count}.")
+    found = checkpoints(run_dir)
+    if len(found) < count:
+        names = ", ".join(path.name for path in found) or "none"
+        raise ValueError(
+            f"--average_last {count} needs {count} checkpoints, but {run_dir / 'checkpoints'} holds {len(found)} "
+            f"complete ones ({names}). Lower --average_last."
+        )
+    return found[-count:]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Weights
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def load_final_model(model_dir: Path) -> PreTrainedModel:
+    """The run's final model; `ValueError` naming the weights file when it is truncated or corrupt."""
+    try:
+        return AutoModelForSeq2SeqLM.from_pretrained(model_dir).eval()
+    except SafetensorError as error:
+        raise ValueError(
+            f"Cannot read {model_dir / WEIGHTS_NAME}: {error}. The file is truncated or corrupt."
+        ) from error
+
+
+def load_average(model: PreTrainedModel, paths: list[Path]) -> bool:
+    """Load the mean of the checkpoints at `paths` into `model`; return whether the weights stayed the same.
+
+    Checkpoints store tied weights once: a tensor they lack must share its storage with one they hold.
+    """
+    average = average_checkpoints(paths)
+    current = model.state_dict()
+    unchanged = all(torch.equal(tensor, current[name]) for name, tensor in average.items() if name in current)
+    missing, unexpected = model.load_state_dict(average, strict=False)
+    loaded = {current[name].data_ptr() for name in average if name in current}
+    untied = [name for name in missing if current[name].data_ptr() not in loaded]
+    if unexpected or untied:
+        raise ValueError(
+            f"The checkpoints in {paths[0].parent} do not fit the model in {paths[0].parent.parent / 'model'}: "
+            f"missing {untied[:5]}, unexpected {unexpected[:5]}."
+        )
+    return unchanged
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Model card
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _averaging(average_last: int | None) -> str | None:
+    """The card's `checkpoint_averaging` for the exported weights; None keeps the run's own."""
+    if average_last is None:
+        return None
+    return f"mean of the last {average_last} checkpoints" if average_last > 1 else "none"
+
+
+def run_card(
+    run_dir: Path, model: PreTrainedModel, model_id: str, average_last: int | None, scored: bool
+) -> dict[str, object]:
+    """The run-specific card values of the export: the run's card.json, overlaid by results.json and this export.
+
+    `scored` says whether the exported weights are the ones results.json scored; if not, the scores are NaN.
+    """
+    derived = model_card_values(model, paper_generation_config(model.config)).keys()
+    saved = json.loads((run_dir / CARD_FILE).read_text(encoding="utf-8"))
+    card = {key: value for key, value in saved.items() if key not in derived}
+    results = json.loads((run_dir / RESULTS_FILE).read_text(encoding="utf-8"))
+    card["model_id"] = model_id
+    card["checkpoint_averaging"] = _averaging(average_last) or card["checkpoint_averaging"]
+    card["bleu"] = results.get("test_bleu", math.nan) if scored else math.nan
+    card["chrf"] = results.get("test_chrf", math.nan) if scored else math.nan
+    card["bleu_signature"] = results.get("test_bleu_signature", "not scored") if scored else NOT_SCORED
+    card["chrf_signature"] = results.get("test_chrf_signature", "not scored") if scored else NOT_SCORED
+    return card
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Export and upload
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def push_folder(out_dir: Path, repo_id: str, private: bool, token: str | None) -> str:
+    """Create the Hub model repository `repo_id` if needed and upload `out_dir` to it; return the commit URL."""
+    api = HfApi(token=token)
+    api.create_repo(repo_id, private=private, exist_ok=True)
+    commit = api.upload_folder(
+        repo_id=repo_id, folder_path=str(out_dir), commit_message=f"Upload {out_dir.name} with posformer-export"
+    )
+    return str(commit)
+
+
+def export_run(
+    run_dir: Path,
+    out_dir: Path,
+    *,
+    average_last: int | None = None,
+    push_to_hub: str | None = None,
+    private: bool = False,
+    token: str | None = None,
+    overwrite_output_dir: bool = False,
+) -> Path:
+    """Export a training run's final (or averaged) model to `out_dir`, optionally upload it; return `out_dir`.
+
+    Every check (the run, the destination, the checkpoints) runs before anything is read or written; a failure
+    raises `ValueError` with the reason and leaves `out_dir` untouched.
+    """
+    run_dir, out_dir = Path(run_dir), Path(out_dir)
+    if private and push_to_hub is None:
+        raise ValueError("--private only applies with --push_to_hub.")
+    check_run(run_dir)
+    check_destination(run_dir, out_dir, overwrite_output_dir)
+    paths = last_checkpoints(run_dir, average_last) if average_last is not None else []
+    model = load_final_model(run_dir / "model")
+    tokenizer = AutoTokenizer.from_pretrained(run_dir / "model")
+    scored = load_average(model, paths) if paths else True
+    card = run_card(run_dir, model, push_to_hub or str(out_dir), average_last, scored)
+    export_model(model, tokenizer, out_dir, card)
+    if push_to_hub is not None:
+        print(f"uploaded: {push_folder(out_dir, push_to_hub, private, token)}")
+    return out_dir
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="posformer-export",
+        description="Export a posformer-train run's final or checkpoint-averaged model with a model card, and "
+        "optionally upload it to the Hugging Face Hub.",
+    )
+    parser.add_argument("run_dir", type=Path, help="the training run's output folder")
+    parser.add_argument("out_dir", type=Path, help="the folder to write (replaced atomically)")
+    parser.add_argument("--average_last", type=int, help="export the mean of the run's last N checkpoints")
+    parser.add_argument("--push_to_hub", metavar="ORG/NAME", help="upload the export to this Hub model repository")
+    parser.add_argument("--private", action="store_true", help="create the Hub repository as private")
+    parser.add_argument("--token", help="Hub token (default: HF_TOKEN or the cached login)")
+    parser.add_argument("--overwrite_output_dir", action="store_true", help="replace a non-empty OUT_DIR")
+    return parser
+
+
+def cli(argv: list[str] | None = None) -> None:
+    """Console entry point `posformer-export`: a user error exits with its message and status 1."""
+    args = _parser().parse_args(argv)
+    try:
+        out_dir = export_run(
+            args.run_dir,
+            args.out_dir,
+            average_last=args.average_last,
+            push_to_hub=args.push_to_hub,
+            private=args.private,
+            token=args.token,
+            overwrite_output_dir=args.overwrite_output_dir,
+        )
+    except ValueError as error:
+        sys.exit(f"posformer-export: error: {error}")
+    print(f"exported: {out_dir}")
+
+
+if __name__ == "__main__":
+    cli()
