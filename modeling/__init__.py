@@ -1,4 +1,5 @@
-"""posformer's models. Importing this package registers them with transformers' Auto classes."""
+"""posformer's models and translation pipeline. Importing this package registers the models with transformers'
+Auto classes; every `save_pretrained` also writes the code that loads them without posformer (`remote_code.py`)."""
 
 from transformers import AutoConfig, AutoModel, AutoModelForSeq2SeqLM
 
@@ -10,6 +11,7 @@ from .modeling_posformer import (
     PosformerModel,
     PosformerPreTrainedModel,
 )
+from .pipeline_posformer import TranslationPipeline
 from .position_encodings import POSITION_ENCODINGS
 
 AutoConfig.register(PosformerConfig.model_type, PosformerConfig, exist_ok=True)
@@ -24,4 +26,5 @@ __all__ = [
     "PosformerForConditionalGeneration",
     "PosformerModel",
     "PosformerPreTrainedModel",
+    "TranslationPipeline",
 ]

@@ -12,10 +12,14 @@ Layer and parameter names are transformers' BART/Marian names (`self_attn`, `enc
 `q_proj/k_proj/v_proj/out_proj`, `fc1/fc2`, `embed_tokens`), so Marian weights copy over one to one.
 """
 
+import importlib
 import math
+import os
 from collections.abc import Callable
 
 import torch
+from huggingface_hub import try_to_load_from_cache
+from safetensors import SafetensorError
 from torch import nn
 from transformers import GenerationMixin, PreTrainedModel
 from transformers.activations import ACT2FN
@@ -29,7 +33,7 @@ from transformers.modeling_outputs import (
     Seq2SeqModelOutput,
 )
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
-from transformers.utils import can_return_tuple, logging
+from transformers.utils import SAFE_WEIGHTS_NAME, can_return_tuple, logging
 from transformers.utils.generic import merge_with_config_defaults
 from transformers.utils.output_capturing import OutputRecorder, capture_outputs
 
@@ -345,6 +349,40 @@ class PosformerPreTrainedModel(PreTrainedModel):
         super()._init_weights(module)
         if isinstance(module, (PositionEncoding, RelativeAttentionTerm)):
             module.init_weights(self.config)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, *args, **kwargs):
+        """`PreTrainedModel.from_pretrained`, with an error naming the weights file when it is truncated or corrupt
+        (safetensors' own message names no file)."""
+        try:
+            return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        except SafetensorError as error:
+            weights = os.path.join(str(pretrained_model_name_or_path), SAFE_WEIGHTS_NAME)
+            if not os.path.isfile(weights):
+                weights = try_to_load_from_cache(str(pretrained_model_name_or_path), SAFE_WEIGHTS_NAME) or weights
+            raise OSError(
+                f"Cannot read the weights in {weights}: the file is truncated or corrupt ({error}). Download or "
+                "save the checkpoint again."
+            ) from error
+
+    def save_pretrained(self, save_directory: str | os.PathLike, is_main_process: bool = True, *args, **kwargs) -> None:
+        """`PreTrainedModel.save_pretrained`, and the folder becomes a complete Hub model repository.
+
+        posformer's `remote_code.save_remote_code` first writes a flat copy of this code beside the weights and
+        names it in the config (`auto_map`, `custom_pipelines`), so `trust_remote_code=True` loads the checkpoint
+        where posformer is not installed. A copy of this file loaded as remote code has no `remote_code` module
+        (it is imported by name so that the copy does not need it): there transformers copies the model's code
+        itself, and the config keeps the entries it was loaded with.
+        """
+        try:
+            remote_code = importlib.import_module(".remote_code", __package__)
+        except ModuleNotFoundError as error:
+            if error.name != f"{__package__}.remote_code":
+                raise
+            remote_code = None
+        if remote_code is not None and is_main_process:
+            remote_code.save_remote_code(self.config, save_directory)  # before config.json, which names it
+        super().save_pretrained(save_directory, is_main_process, *args, **kwargs)
 
 
 class PosformerStack(PosformerPreTrainedModel):
