@@ -112,11 +112,12 @@ def peak_memory(function: Callable[[], None], device: torch.device) -> int:
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True) as profiler:
         function()
     current = peak = 0
-    events = sorted(
-        (event for event in profiler.events() if event.cpu_memory_usage), key=lambda event: event.time_range.start
+    events = sorted(  # self usage: an op's total would count its children's allocations again
+        (event for event in profiler.events() if event.self_cpu_memory_usage),
+        key=lambda event: event.time_range.start,
     )
     for event in events:
-        current += event.cpu_memory_usage
+        current += event.self_cpu_memory_usage
         peak = max(peak, current)
     return peak
 
