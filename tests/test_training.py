@@ -11,44 +11,16 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
+from conftest import FAST_RUN, TINY_RUN, toy_data_arguments, toy_pairs, write_jsonl
 from posformer.training.export import LOSS_SERIES, SCORE_SERIES
 from posformer.training.train import TrainingDivergedError, main
 
-TINY_MODEL = [
-    "--model_size", "tiny", "--d_model", "32", "--encoder_ffn_dim", "64", "--decoder_ffn_dim", "64",
-    "--encoder_layers", "1", "--decoder_layers", "1",
-]  # fmt: skip
-FAST = [
-    "--tokenizer_vocab_size", "300", "--max_tokens", "512", "--warmup_steps", "4", "--learning_rate", "3e-3",
-    "--logging_steps", "1", "--max_eval_samples", "8", "--max_test_samples", "8", "--eval_batch_size", "8",
-    "--num_beams", "2", "--report_to", "none", "--num_samples_to_show", "2",
-]  # fmt: skip
-
-
-def write_jsonl(path: Path, rows: list[dict]) -> str:
-    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
-    return str(path)
-
-
-def toy_pairs(count: int, offset: int = 0) -> list[dict]:
-    words = ["file", "open", "save", "close", "print", "copy", "delete", "folder", "name", "error"]
-    german = ["Datei", "öffnen", "speichern", "schließen", "drucken", "kopieren", "löschen", "Ordner", "Name", "Fehler"]
-    rows = []
-    for i in range(offset, offset + count):
-        picks = [(i * 7 + k * 3) % len(words) for k in range(2 + i % 4)]
-        rows.append(
-            {"translation": {"en": " ".join(words[p] for p in picks), "de": " ".join(german[p] for p in picks)}}
-        )
-    return rows
+TINY_MODEL, FAST = TINY_RUN, FAST_RUN
 
 
 @pytest.fixture()
 def toy_files(tmp_path) -> list[str]:
-    return [
-        "--train_file", write_jsonl(tmp_path / "train.jsonl", toy_pairs(200)),
-        "--validation_file", write_jsonl(tmp_path / "validation.jsonl", toy_pairs(10, 500)),
-        "--test_file", write_jsonl(tmp_path / "test.jsonl", toy_pairs(10, 900)),
-    ]  # fmt: skip
+    return toy_data_arguments(tmp_path)
 
 
 def losses(output_dir: Path) -> dict[int, float]:

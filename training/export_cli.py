@@ -26,7 +26,6 @@ from pathlib import Path
 
 import torch
 from huggingface_hub import HfApi
-from safetensors import SafetensorError
 from transformers import AutoModelForSeq2SeqLM, AutoTokenizer, PreTrainedModel
 
 import posformer.modeling  # noqa: F401  (registers posformer with the Auto classes)
@@ -112,13 +111,8 @@ def last_checkpoints(run_dir: Path, count: int) -> list[Path]:
 
 
 def load_final_model(model_dir: Path) -> PreTrainedModel:
-    """The run's final model; `ValueError` naming the weights file when it is truncated or corrupt."""
-    try:
-        return AutoModelForSeq2SeqLM.from_pretrained(model_dir).eval()
-    except SafetensorError as error:
-        raise ValueError(
-            f"Cannot read {model_dir / WEIGHTS_NAME}: {error}. The file is truncated or corrupt."
-        ) from error
+    """The run's final model (posformer's `from_pretrained` names a truncated or corrupt weights file)."""
+    return AutoModelForSeq2SeqLM.from_pretrained(model_dir).eval()
 
 
 def load_average(model: PreTrainedModel, paths: list[Path]) -> bool:
