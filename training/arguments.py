@@ -82,8 +82,8 @@ ModelArguments.__doc__ = "Model size preset, position encoding, and any Posforme
 
 
 @dataclass
-class DataArguments:
-    """Where the parallel data comes from and how it is tokenised."""
+class DataSourceArguments:
+    """Where the parallel data come from (shared by `posformer-train` and `posformer-finetune`)."""
 
     dataset_name: str | None = field(
         default=None, metadata={"help": "A datasets Hub name (e.g. wmt14). Default: the built-in en-de corpus."}
@@ -94,6 +94,12 @@ class DataArguments:
     test_file: str | None = field(default=None, metadata={"help": "Local test file."})
     source_lang: str = field(default="en", metadata={"help": "Source language code (key or column name)."})
     target_lang: str = field(default="de", metadata={"help": "Target language code (key or column name)."})
+
+
+@dataclass
+class DataArguments(DataSourceArguments):
+    """Where the parallel data come from and how they are tokenised."""
+
     tokenizer_name: str | None = field(
         default=None, metadata={"help": "Load this tokenizer instead of training a shared BPE on the training data."}
     )

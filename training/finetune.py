@@ -48,6 +48,7 @@ from transformers import (
 )
 
 from .. import modeling  # noqa: F401  (registers posformer with the Auto classes)
+from .arguments import DataSourceArguments
 from .data import load_parallel_data, source_target_pairs
 from .metrics import compute_translation_scores
 
@@ -55,26 +56,22 @@ logger = logging.getLogger(__name__)
 
 
 @dataclass
-class FinetuneArguments:
+class FinetuneArguments(DataSourceArguments):
     """The checkpoint to start from and the parallel data to fine-tune it on."""
 
-    model_name_or_path: str = field(
-        metadata={"help": "A posformer model folder or Hub name (e.g. the `model/` folder of posformer-train)."}
+    model_name_or_path: str | None = field(
+        default=None,
+        metadata={"help": "Required: a posformer model folder or Hub name (e.g. the `model/` of posformer-train)."},
     )
-    dataset_name: str | None = field(
-        default=None, metadata={"help": "A datasets Hub name (e.g. wmt14). Default: the built-in en-de corpus."}
-    )
-    dataset_config_name: str | None = field(default=None, metadata={"help": "Its configuration (e.g. de-en)."})
-    train_file: str | None = field(default=None, metadata={"help": "Local json/jsonl/csv/parquet training file."})
-    validation_file: str | None = field(default=None, metadata={"help": "Local validation file."})
-    test_file: str | None = field(default=None, metadata={"help": "Local test file (scored with --do_predict)."})
-    source_lang: str = field(default="en", metadata={"help": "Source language code (key or column name)."})
-    target_lang: str = field(default="de", metadata={"help": "Target language code (key or column name)."})
     max_source_length: int = field(default=128, metadata={"help": "Truncate sources to this many tokens."})
     max_target_length: int = field(default=128, metadata={"help": "Truncate targets (labels) to this many tokens."})
     max_train_samples: int | None = field(default=None, metadata={"help": "Use only the first N training pairs."})
     max_eval_samples: int | None = field(default=None, metadata={"help": "Use only the first N validation pairs."})
     max_predict_samples: int | None = field(default=None, metadata={"help": "Use only the first N test pairs."})
+
+    def __post_init__(self) -> None:
+        if self.model_name_or_path is None:
+            raise ValueError("--model_name_or_path is required: the posformer checkpoint to fine-tune.")
 
 
 SPLIT_LIMITS = {"train": "max_train_samples", "validation": "max_eval_samples", "test": "max_predict_samples"}
