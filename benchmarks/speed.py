@@ -9,6 +9,8 @@ the table reports the median time of each and the ratio ours/peer (lower is bett
 encoding of ours relative to our `sinusoidal`. Workloads: a training step (forward + backward + AdamW) on a
 batch of 32 x 64 tokens, cached greedy generation of 64 new tokens for 8 sentences, and 4-beam search; and
 the peak memory of the training step (CUDA: allocator peak; CPU: the tensors a profiler sees allocated).
+`--profile` adds where the time goes: one profiled training step and greedy generation of posformer and Marian,
+their operators' own time summed by kind (matrix multiplies, attention, softmax and loss, ...).
 """
 
 import argparse
@@ -122,6 +124,39 @@ def peak_memory(function: Callable[[], None], device: torch.device) -> int:
     return peak
 
 
+# Kinds of operator time, first match wins; names are the profiler's (`aten::addmm`, ...).
+PROFILE_KINDS: tuple[tuple[str, Callable[[str], bool]], ...] = (
+    ("matrix multiplies", lambda name: name in {"aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm"}),
+    ("attention kernel", lambda name: "scaled_dot_product" in name),
+    ("softmax and cross-entropy", lambda name: "softmax" in name or "nll_loss" in name),
+    ("dropout masks", lambda name: "bernoulli" in name or "dropout" in name),
+    ("layer norm", lambda name: "layer_norm" in name),
+    ("concatenation (caches)", lambda name: name == "aten::cat"),
+)
+OPTIMIZER = "optimizer (AdamW)"
+OTHER = "other operators (element-wise, copies, fills)"
+
+
+def operator_kind(event) -> str:
+    """The `PROFILE_KINDS` entry of a profiler event; anything run inside `optimizer.step()` is the optimizer's."""
+    parent = event
+    while parent is not None:
+        if parent.name.startswith("Optimizer."):
+            return OPTIMIZER
+        parent = parent.cpu_parent
+    return next((kind for kind, matches in PROFILE_KINDS if matches(event.name)), OTHER)
+
+
+def time_by_kind(function: Callable[[], None]) -> dict[str, float]:
+    """Seconds of operator self time per kind during one call (self time: nested operators are not counted twice)."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profiler:
+        function()
+    kinds = dict.fromkeys([kind for kind, _ in PROFILE_KINDS] + [OPTIMIZER, OTHER], 0.0)
+    for event in profiler.events():
+        kinds[operator_kind(event)] += event.self_cpu_time_total / 1e6
+    return kinds
+
+
 def compare(workloads: dict[str, Callable[[], None]], rounds: int, device: torch.device) -> dict[str, float]:
     """Median seconds of each workload over `rounds` interleaved rounds (after one warm-up call each)."""
     for function in workloads.values():
@@ -133,7 +168,7 @@ def compare(workloads: dict[str, Callable[[], None]], rounds: int, device: torch
     return {name: statistics.median(values) for name, values in times.items()}
 
 
-def benchmark(size: Size, rounds: int, device: torch.device, dtype: torch.dtype) -> dict:
+def benchmark(size: Size, rounds: int, device: torch.device, dtype: torch.dtype, profile: bool = False) -> dict:
     torch.manual_seed(0)
     models = {"posformer": posformer(size, "sinusoidal"), "marian": marian(size)}
     models["marian"].load_state_dict(models["posformer"].state_dict(), strict=False)
@@ -158,6 +193,14 @@ def benchmark(size: Size, rounds: int, device: torch.device, dtype: torch.dtype)
         for name, model in models.items()
     }
     results["workloads"]["peak training memory (bytes)"] = memory
+    if profile:
+        results["profile"] = {
+            workload: {name: time_by_kind(make(name)) for name in ("posformer", "marian")}
+            for workload, make in (
+                ("training step", lambda name: training_step(models[name], optimizers[name], train_inputs)),
+                ("greedy generation", lambda name: generation(models[name], generate_inputs, size, 1)),
+            )
+        }
     return results
 
 
@@ -176,6 +219,24 @@ def table(results: dict) -> str:
         reference = values["posformer"]
         cells = [f"{(values['posformer' if e == 'sinusoidal' else e] / reference):.2f}" for e in encodings]
         lines.append(f"| {workload} (relative to sinusoidal) | " + " | ".join(cells) + " |")
+    if "profile" in results:
+        lines += ["", profile_table(results)]
+    return "\n".join(lines)
+
+
+def profile_table(results: dict) -> str:
+    """Operator time by kind (ms) for posformer and Marian, with the unprofiled median wall time beneath."""
+    workloads = list(results["profile"])
+    columns = [(workload, name) for workload in workloads for name in ("posformer", "marian")]
+    header = " | ".join(f"{workload}: posformer | {workload}: Marian" for workload in workloads)
+    lines = [f"| where the time goes (ms) | {header} |", "|---|" + "---|" * 2 * len(workloads)]
+    for kind in results["profile"][workloads[0]]["posformer"]:
+        cells = [f"{results['profile'][workload][name][kind] * 1000:.1f}" for workload, name in columns]
+        lines.append(f"| {kind} | " + " | ".join(cells) + " |")
+    totals = [sum(results["profile"][workload][name].values()) * 1000 for workload, name in columns]
+    lines.append("| all operators (profiled) | " + " | ".join(f"{total:.1f}" for total in totals) + " |")
+    walls = [results["workloads"][workload][name] * 1000 for workload, name in columns]
+    lines.append("| wall time (median, unprofiled) | " + " | ".join(f"{wall:.1f}" for wall in walls) + " |")
     return "\n".join(lines)
 
 
@@ -185,12 +246,13 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"])
     parser.add_argument("--tiny", action="store_true", help="Tiny sizes, for the smoke test.")
+    parser.add_argument("--profile", action="store_true", help="Also show where the time goes, by operator kind.")
     parser.add_argument("--out", type=Path, default=None, help="Write the results as JSON here.")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
     size = TINY if args.tiny else Size()
-    results = benchmark(size, args.rounds, device, dtype)
+    results = benchmark(size, args.rounds, device, dtype, args.profile)
     results["machine"] = {
         "platform": platform.platform(), "processor": platform.processor(), "threads": torch.get_num_threads(),
         "device": args.device, "dtype": args.dtype, "torch": torch.__version__,

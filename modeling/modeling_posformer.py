@@ -629,24 +629,56 @@ class PosformerModel(PosformerPreTrainedModel):
         )
 
 
+class TokenCrossEntropy(torch.autograd.Function):
+    """Summed label-smoothed cross-entropy of `(N, V)` logits against `(N,)` labels (-100 ignored), fused.
+
+    Per token, with `p = softmax(z)` and smoothing `eps` (Szegedy et al., 2016; the paper's 0.1):
+    `loss = -(1 - eps) * log p[y] - eps * mean(log p)`, which is `F.cross_entropy(..., label_smoothing=eps)`
+    token by token; the gradient is `p - (1 - eps) * onehot(y) - eps / V`.
+
+    `F.cross_entropy` keeps its `(N, V)` log-probabilities for the backward pass and allocates two more `(N, V)`
+    tensors there. This keeps nothing vocabulary-sized but the logits (which the model output keeps alive anyway)
+    and writes the gradient into the one `(N, V)` softmax it recomputes: a training step's peak memory drops by
+    one `(N, V)` tensor and its backward pass makes fewer passes over the logits.
+    """
+
+    @staticmethod
+    def forward(ctx, logits: torch.Tensor, labels: torch.Tensor, label_smoothing: float) -> torch.Tensor:
+        kept = labels != -100
+        targets = labels.masked_fill(~kept, 0)
+        log_probs = nn.functional.log_softmax(logits, dim=-1)  # freed on return: backward recomputes softmax
+        token_loss = -log_probs.gather(-1, targets[:, None]).squeeze(-1)
+        if label_smoothing:
+            token_loss = (1 - label_smoothing) * token_loss - label_smoothing * log_probs.mean(-1)
+        ctx.save_for_backward(logits, targets, kept)
+        ctx.label_smoothing = label_smoothing
+        return (token_loss * kept).sum()
+
+    @staticmethod
+    def backward(ctx, grad_output: torch.Tensor) -> tuple[torch.Tensor, None, None]:
+        logits, targets, kept = ctx.saved_tensors
+        smoothing = ctx.label_smoothing
+        grad = torch.softmax(logits, dim=-1)  # the only (N, V) tensor allocated here; becomes the gradient
+        if smoothing:
+            grad.sub_(smoothing / logits.shape[-1])
+        grad.scatter_add_(-1, targets[:, None], grad.new_full((grad.shape[0], 1), smoothing - 1))
+        return grad.mul_((kept * grad_output)[:, None].to(grad.dtype)), None, None
+
+
 def seq2seq_loss(
     logits: torch.Tensor,
     labels: torch.Tensor,
     label_smoothing: float = 0.0,
     num_items_in_batch: int | torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Token-level cross-entropy over `(B, T, V)` logits and `(B, T)` labels, -100 ignored.
+    """Token-level cross-entropy over `(B, T, V)` logits and `(B, T)` labels, -100 ignored ([`TokenCrossEntropy`]).
 
     Summed, then divided by `num_items_in_batch` when given (transformers' Trainer passes the number of
     target tokens of the whole accumulated batch, so gradient accumulation weighs every token alike),
     otherwise by the number of target tokens here.
     """
-    total = nn.functional.cross_entropy(
-        logits.float().flatten(0, 1),
-        labels.flatten().to(logits.device),
-        ignore_index=-100,
-        reduction="sum",
-        label_smoothing=label_smoothing,
+    total = TokenCrossEntropy.apply(
+        logits.float().flatten(0, 1), labels.flatten().to(logits.device), float(label_smoothing)
     )
     count = num_items_in_batch if num_items_in_batch is not None else (labels != -100).sum()
     if torch.is_tensor(count):

@@ -15,7 +15,7 @@ def test_speed_benchmark_writes_its_table(tmp_path, capsys):
     speed = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(speed)
     out = tmp_path / "speed.json"
-    speed.main(["--tiny", "--rounds", "1", "--out", str(out)])
+    speed.main(["--tiny", "--rounds", "1", "--profile", "--out", str(out)])
     results = json.loads(out.read_text())
     assert set(results["workloads"]) == {
         "training step", "greedy generation", "beam search (4)", "peak training memory (bytes)"
@@ -25,3 +25,10 @@ def test_speed_benchmark_writes_its_table(tmp_path, capsys):
         assert all(math.isfinite(v) and v > 0 for v in values.values())
     printed = capsys.readouterr().out
     assert "| training step |" in printed and "ours / Marian" in printed
+    for workload in ("training step", "greedy generation"):
+        for name in ("posformer", "marian"):
+            kinds = results["profile"][workload][name]
+            assert kinds["matrix multiplies"] > 0 and all(seconds >= 0 for seconds in kinds.values())
+    assert results["profile"]["training step"]["posformer"]["optimizer (AdamW)"] > 0
+    assert results["profile"]["greedy generation"]["posformer"]["optimizer (AdamW)"] == 0
+    assert "| where the time goes (ms) |" in printed

@@ -8,6 +8,7 @@ from transformers.modeling_outputs import Seq2SeqLMOutput, Seq2SeqModelOutput
 
 from conftest import tiny_config
 from posformer.modeling import POSITION_ENCODINGS, PosformerForConditionalGeneration, PosformerModel
+from posformer.modeling.modeling_posformer import TokenCrossEntropy
 
 ENCODINGS = sorted(POSITION_ENCODINGS)
 BACKENDS = ["eager", "sdpa"]
@@ -230,6 +231,22 @@ def test_label_smoothing_matches_cross_entropy_and_num_items_in_batch_sums():
         torch.testing.assert_close(out.loss, expected)
         summed = model(input_ids=src, attention_mask=mask, labels=tgt, num_items_in_batch=torch.tensor(1))
         torch.testing.assert_close(summed.loss, expected * tgt.numel())
+
+
+@pytest.mark.parametrize("label_smoothing", [0.0, 0.1])
+def test_fused_token_cross_entropy_equals_torch_in_value_and_gradient(label_smoothing):
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(37, 11, dtype=torch.float64, generator=generator, requires_grad=True)
+    labels = torch.randint(0, 11, (37,), generator=generator)
+    labels[::5] = -100
+    fused = TokenCrossEntropy.apply(logits, labels, label_smoothing)
+    (fused_grad,) = torch.autograd.grad(fused * 1.7, logits)
+    reference = torch.nn.functional.cross_entropy(logits, labels, reduction="sum", label_smoothing=label_smoothing)
+    (reference_grad,) = torch.autograd.grad(reference * 1.7, logits)
+    torch.testing.assert_close(fused, reference)
+    torch.testing.assert_close(fused_grad, reference_grad)
+    assert fused_grad[::5].abs().max() == 0  # ignored tokens get no gradient
+    assert torch.autograd.gradcheck(lambda x: TokenCrossEntropy.apply(x, labels, label_smoothing), (logits,))
 
 
 def test_lm_head_is_tied_to_shared_embeddings_and_untied_on_request(tmp_path):
