@@ -3,6 +3,7 @@
     python benchmarks/compare_position_encodings.py --quick                        # 9 encodings, 1 seed, 2 CPU cores
     python benchmarks/compare_position_encodings.py --seeds 1,2,3 --out_dir runs/pe # full mode, for a GPU
     python benchmarks/compare_position_encodings.py --encodings sinusoidal,alibi -- --learning_rate 1e-3
+    python benchmarks/compare_position_encodings.py --quick --jobs 1               # runs one after another
 
 Each (encoding, seed) is an ordinary `posformer-train` run in `OUT/runs/<encoding>-seed<k>/` (resumable: a finished
 run is reused, an interrupted one continues from its last checkpoint). All runs share one BPE (`OUT/tokenizer/`,
@@ -13,6 +14,10 @@ the longest input, so `learned` runs there too, with table rows past L that trai
 
 Writes into OUT: `results.md` and `results.csv` (one row per encoding), `length_extrapolation.csv` and `.png`,
 `attention/<encoding>.png`, and prints the Markdown table. Arguments after `--` go to every training run.
+
+`--jobs N` trains N runs at once, each a `python -m posformer.training` process with its share of the CPU threads
+and its output in `OUT/runs/<encoding>-seed<k>/train.log` (a small model keeps one thread busier than two: on 2 cores,
+two one-thread runs train about 1.3x faster in all than one two-thread run). `--jobs 1` trains in this process.
 """
 
 import argparse
@@ -20,8 +25,12 @@ import csv
 import io
 import json
 import math
+import os
 import statistics
-from collections.abc import Callable, Sequence
+import subprocess
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,12 +53,13 @@ from posformer.training.train import main as train_main
 QUICK = dict(
     max_length=16, max_steps=200, max_tokens=4096, warmup_steps=60, tokenizer_vocab_size=4000,
     encoder_layers=2, decoder_layers=2, max_eval_samples=50, max_test_samples=200, samples_per_bucket=24,
-    num_beams=1, eval_batch_size=64,
+    num_beams=1, eval_batch_size=64, jobs=2,
 )  # fmt: skip
 FULL = dict(
     max_length=32, max_steps=4000, max_tokens=4096, warmup_steps=500, tokenizer_vocab_size=8000,
     encoder_layers=None, decoder_layers=None,
     max_eval_samples=200, max_test_samples=None, samples_per_bucket=200, num_beams=None, eval_batch_size=64,
+    jobs=1,
 )  # fmt: skip
 
 TABLE_COLUMNS = {  # results.csv column -> (results.md header, decimals)
@@ -91,6 +101,7 @@ def parse_arguments(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--max_bucket_length", type=int, help="Longest input scored (default 4L).")
     parser.add_argument("--samples_per_bucket", type=int, help="Joined test inputs per bucket (quick 24, else 200).")
     parser.add_argument("--max_position_embeddings", type=int, help="Same for all encodings (default: fits 4L).")
+    parser.add_argument("--jobs", type=int, help="Runs trained at once, each in its own process (quick 2, else 1).")
     parser.add_argument("--attention_length", type=int, help="Source tokens of the attention sentence (default 2L).")
     parser.add_argument("train_args", nargs="*", help="posformer-train arguments for every run (after --).")
     args = parser.parse_args(argv)
@@ -123,6 +134,8 @@ def _validate(args: argparse.Namespace) -> None:
         raise ValueError(f"--encodings {unknown or '(none)'}: choose from {', '.join(POSITION_ENCODINGS)}.")
     if not args.seeds:
         raise ValueError("--seeds: give at least one seed, e.g. --seeds 1,2,3.")
+    if args.jobs < 1:
+        raise ValueError(f"--jobs {args.jobs}: train at least one run at a time.")
     if args.max_length < 2 or args.max_bucket_length <= args.max_length:
         raise ValueError(
             f"--max_length {args.max_length} / --max_bucket_length {args.max_bucket_length}: need 2 <= L < longest."
@@ -183,15 +196,60 @@ def run_dir(out_dir: Path, encoding: str, seed: int) -> Path:
     return out_dir / "runs" / f"{encoding}-seed{seed}"
 
 
-def train_run(args: argparse.Namespace, out_dir: Path, encoding: str, seed: int) -> Path:
-    """One posformer-train run; a finished run is reused, an interrupted one resumes from its last checkpoint."""
+def run_arguments(args: argparse.Namespace, out_dir: Path, encoding: str, seed: int) -> list[str] | None:
+    """posformer-train arguments of one run, resuming from its last checkpoint; None when it has finished."""
     folder = run_dir(out_dir, encoding, seed)
     if (folder / RESULTS_FILE).is_file() and (folder / "model").is_dir():
-        return folder
+        return None
     resume = ["--resume_from_checkpoint", "latest"] if checkpoints(folder) else []
     common = common_train_arguments(args, out_dir / "tokenizer")
-    train_main([*common, "--position_encoding", encoding, "--seed", str(seed), "--output_dir", str(folder), *resume])
+    return [*common, "--position_encoding", encoding, "--seed", str(seed), "--output_dir", str(folder), *resume]
+
+
+def train_run(args: argparse.Namespace, out_dir: Path, encoding: str, seed: int) -> Path:
+    """One posformer-train run in this process; a finished run is reused, an interrupted one resumes."""
+    arguments = run_arguments(args, out_dir, encoding, seed)
+    if arguments is not None:
+        train_main(arguments)
+    return run_dir(out_dir, encoding, seed)
+
+
+def train_run_in_subprocess(args: argparse.Namespace, out_dir: Path, encoding: str, seed: int, threads: int) -> Path:
+    """One run as `python -m posformer.training` with `threads` CPU threads, its output in `<run>/train.log`."""
+    folder = run_dir(out_dir, encoding, seed)
+    arguments = run_arguments(args, out_dir, encoding, seed)
+    if arguments is None:
+        return folder
+    folder.mkdir(parents=True, exist_ok=True)
+    log = folder / "train.log"
+    environment = {**os.environ, "OMP_NUM_THREADS": str(threads), "TQDM_DISABLE": "1"}
+    with open(log, "w") as file:
+        process = subprocess.run(
+            [sys.executable, "-m", "posformer.training", *arguments], stdout=file, stderr=subprocess.STDOUT,
+            env=environment, check=False,
+        )  # fmt: skip
+    if process.returncode:
+        tail = "\n".join(log.read_text().splitlines()[-15:])
+        raise RuntimeError(f"Training {encoding} (seed {seed}) failed with exit code {process.returncode}; "
+                           f"its output is in {log}. Last lines:\n{tail}")  # fmt: skip
     return folder
+
+
+def train_runs(args: argparse.Namespace, out_dir: Path, runs: list[tuple[str, int]]) -> Iterator[tuple[str, int, Path]]:
+    """Train every (encoding, seed) and yield each as it finishes: one after another in this process
+    (`--jobs 1`), or `--jobs` subprocesses at once sharing this process's CPU threads."""
+    if args.jobs == 1:
+        for encoding, seed in runs:
+            yield encoding, seed, train_run(args, out_dir, encoding, seed)
+        return
+    threads = max(1, torch.get_num_threads() // args.jobs)
+    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        futures = {
+            pool.submit(train_run_in_subprocess, args, out_dir, encoding, seed, threads): (encoding, seed)
+            for encoding, seed in runs
+        }
+        for future in as_completed(futures):
+            yield *futures[future], future.result()
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -412,14 +470,15 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
     long_inputs = build_long_inputs(pairs["test"], tokenizer, buckets, args.samples_per_bucket)
     attention = attention_pair(long_inputs, args.attention_length)
 
-    summaries: dict[str, list[dict]] = {encoding: [] for encoding in args.encodings}
-    bucket_rows: list[dict] = []
-    jobs = [(encoding, seed) for encoding in args.encodings for seed in args.seeds]
-    for encoding, seed in tqdm(jobs, desc="runs", unit="run"):
-        folder = train_run(args, out_dir, encoding, seed)
-        summary, rows = evaluate_run(args, folder, encoding, seed, long_inputs, attention)
-        summaries[encoding].append(summary)
-        bucket_rows += rows
+    runs = [(encoding, seed) for encoding in args.encodings for seed in args.seeds]
+    evaluated: dict[tuple[str, int], tuple[dict, list[dict]]] = {}
+    with tqdm(total=len(runs), desc="runs", unit="run") as progress:
+        for encoding, seed, folder in train_runs(args, out_dir, runs):
+            evaluated[encoding, seed] = evaluate_run(args, folder, encoding, seed, long_inputs, attention)
+            progress.set_postfix(last=f"{encoding}-seed{seed}", bleu=f"{evaluated[encoding, seed][0]['test_bleu']:.2f}")
+            progress.update()
+    summaries = {encoding: [evaluated[encoding, seed][0] for seed in args.seeds] for encoding in args.encodings}
+    bucket_rows = [row for run in runs for row in evaluated[run][1]]
 
     rows = aggregate(summaries)
     table = markdown_table(rows)

@@ -59,17 +59,21 @@ def test_length_buckets_start_below_l_and_reach_the_longest(script):
     assert [bucket.midpoint for bucket in buckets][:2] == [12.5, 20.5]
 
 
-def test_the_study_writes_every_table_and_figure(script, tmp_path, capsys):
-    out = tmp_path / "study"
-    encodings = ["sinusoidal", "alibi"]
-    rows = script.main([
-        "--encodings", ",".join(encodings), "--seeds", "1", "--out_dir", str(out), "--max_length", "12",
+TINY_STUDY = [
+    "--seeds", "1", "--max_length", "12",
         "--max_steps", "2", "--max_tokens", "256", "--warmup_steps", "1", "--tokenizer_vocab_size", "300",
         "--max_train_samples", "200", "--max_eval_samples", "4", "--max_test_samples", "4", "--num_beams", "1",
-        "--eval_batch_size", "8", "--samples_per_bucket", "2", "--max_bucket_length", "24",
-        "--", "--d_model", "32", "--encoder_ffn_dim", "64", "--decoder_ffn_dim", "64", "--encoder_layers", "1",
-        "--decoder_layers", "1", "--logging_steps", "1", "--num_samples_to_show", "1",
-    ])  # fmt: skip
+    "--eval_batch_size", "8", "--samples_per_bucket", "2", "--max_bucket_length", "24",
+    "--", "--d_model", "32", "--encoder_ffn_dim", "64", "--decoder_ffn_dim", "64", "--encoder_layers", "1",
+    "--decoder_layers", "1", "--logging_steps", "1", "--num_samples_to_show", "1",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_the_study_writes_every_table_and_figure(script, tmp_path, capsys, jobs):
+    out = tmp_path / "study"
+    encodings = ["sinusoidal", "alibi"]
+    rows = script.main(["--encodings", ",".join(encodings), "--out_dir", str(out), "--jobs", str(jobs), *TINY_STUDY])
     assert [row["encoding"] for row in rows] == encodings
     with open(out / "results.csv") as file:
         table = list(csv.DictReader(file))
@@ -87,3 +91,11 @@ def test_the_study_writes_every_table_and_figure(script, tmp_path, capsys):
     for encoding in encodings:
         assert (out / "attention" / f"{encoding}.png").read_bytes().startswith(PNG_SIGNATURE)
         assert (out / "runs" / f"{encoding}-seed1" / "model" / "config.json").is_file()
+        assert (out / "runs" / f"{encoding}-seed1" / "train.log").is_file() == (jobs > 1)
+
+
+def test_a_failing_parallel_run_names_its_log(script, tmp_path):
+    out = tmp_path / "study"
+    with pytest.raises(RuntimeError, match=r"Training rope \(seed 1\) failed .*train\.log") as error:
+        script.main(["--encodings", "rope", "--out_dir", str(out), "--jobs", "2", *TINY_STUDY, "--d_model", "30"])
+    assert "d_model" in str(error.value)  # the tail of the run's own error message
