@@ -17,7 +17,9 @@ Writes into OUT: `results.md` and `results.csv` (one row per encoding), `length_
 
 `--jobs N` trains N runs at once, each a `python -m posformer.training` process with its share of the CPU threads
 and its output in `OUT/runs/<encoding>-seed<k>/train.log` (a small model keeps one thread busier than two: on 2 cores,
-two one-thread runs train about 1.3x faster in all than one two-thread run). `--jobs 1` trains in this process.
+several one-thread runs can keep many cores busier than one run using them all; on a 2-core machine the gain is
+small: two one-thread runs of the quick study took 205 s, against 2 x 108 s one after another). `--jobs 1`, the
+default, trains in this process with its progress bar.
 """
 
 import argparse
@@ -49,11 +51,12 @@ from posformer.training.metrics import compute_translation_scores
 from posformer.training.train import RESULTS_FILE, checkpoints
 from posformer.training.train import main as train_main
 
-# Defaults of the two modes. --quick: the whole study (9 encodings, 1 seed) in under 20 minutes on 2 CPU cores.
+# Defaults of the two modes. --quick: the whole study (9 encodings, 1 seed) in under 20 minutes on 2 CPU cores,
+# calibrated there (docs/position_encodings.md): at this budget many small batches beat fewer large ones.
 QUICK = dict(
-    max_length=16, max_steps=200, max_tokens=4096, warmup_steps=60, tokenizer_vocab_size=4000,
-    encoder_layers=2, decoder_layers=2, max_eval_samples=50, max_test_samples=200, samples_per_bucket=24,
-    num_beams=1, eval_batch_size=64, jobs=2,
+    max_length=16, max_steps=1200, max_tokens=1024, warmup_steps=100, tokenizer_vocab_size=2000,
+    encoder_layers=2, decoder_layers=2, max_eval_samples=50, max_test_samples=200, samples_per_bucket=40,
+    num_beams=1, eval_batch_size=64, jobs=1,
 )  # fmt: skip
 FULL = dict(
     max_length=32, max_steps=4000, max_tokens=4096, warmup_steps=500, tokenizer_vocab_size=8000,
@@ -85,13 +88,13 @@ def parse_arguments(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--out_dir", type=Path, default=Path("runs/compare-position-encodings"))
     parser.add_argument("--max_length", type=int, help="L: training sources have at most L tokens (quick 16, 32).")
     parser.add_argument("--max_target_length", type=int, help="Longest training target (default 1.5L: German ~1.2x).")
-    parser.add_argument("--max_steps", type=int, help="Optimizer steps per run (quick 200, else 4000).")
-    parser.add_argument("--max_tokens", type=int, help="Tokens per batch (4096).")
-    parser.add_argument("--warmup_steps", type=int, help="Learning-rate warmup steps (quick 60, else 500).")
+    parser.add_argument("--max_steps", type=int, help="Optimizer steps per run (quick 1200, else 4000).")
+    parser.add_argument("--max_tokens", type=int, help="Tokens per batch (quick 1024, else 4096).")
+    parser.add_argument("--warmup_steps", type=int, help="Learning-rate warmup steps (quick 100, else 500).")
     parser.add_argument("--model_size", default="tiny", help="posformer-train --model_size preset.")
     parser.add_argument("--encoder_layers", type=int, help="Override the preset's encoder layers.")
     parser.add_argument("--decoder_layers", type=int, help="Override the preset's decoder layers.")
-    parser.add_argument("--tokenizer_vocab_size", type=int, help="Size of the shared BPE (quick 4000, else 8000).")
+    parser.add_argument("--tokenizer_vocab_size", type=int, help="Size of the shared BPE (quick 2000, else 8000).")
     parser.add_argument("--max_train_samples", type=int, help="Use only this many training pairs.")
     parser.add_argument("--max_eval_samples", type=int, help="Validation pairs translated at each evaluation.")
     parser.add_argument("--max_test_samples", type=int, help="Test pairs scored by each run (default: all).")
@@ -99,9 +102,9 @@ def parse_arguments(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--num_beams", type=int, help="Beams for test and buckets (quick 1; else the paper's 4).")
     parser.add_argument("--bucket_width", type=int, help="Tokens per length bucket (default L/2).")
     parser.add_argument("--max_bucket_length", type=int, help="Longest input scored (default 4L).")
-    parser.add_argument("--samples_per_bucket", type=int, help="Joined test inputs per bucket (quick 24, else 200).")
+    parser.add_argument("--samples_per_bucket", type=int, help="Joined test inputs per bucket (quick 40, else 200).")
     parser.add_argument("--max_position_embeddings", type=int, help="Same for all encodings (default: fits 4L).")
-    parser.add_argument("--jobs", type=int, help="Runs trained at once, each in its own process (quick 2, else 1).")
+    parser.add_argument("--jobs", type=int, help="Runs trained at once, each in its own process (default 1).")
     parser.add_argument("--attention_length", type=int, help="Source tokens of the attention sentence (default 2L).")
     parser.add_argument("train_args", nargs="*", help="posformer-train arguments for every run (after --).")
     args = parser.parse_args(argv)
@@ -410,20 +413,23 @@ def score_buckets(model, tokenizer, long_inputs: dict, num_beams: int | None, ba
 
 
 def plot_length_extrapolation(rows: list[dict], max_length: int, out_png: Path) -> Path:
-    """BLEU against input length (bucket midpoints, mean over seeds), one line per encoding, a line at L."""
-    figure = Figure(figsize=(8, 5), layout="constrained", dpi=100)
-    axes = figure.subplots()
-    for encoding in dict.fromkeys(row["encoding"] for row in rows):
-        by_midpoint: dict[float, list[float]] = {}
-        for row in rows:
-            if row["encoding"] == encoding:
-                by_midpoint.setdefault(row["midpoint"], []).append(row["bleu"])
-        midpoints = sorted(by_midpoint)
-        axes.plot(midpoints, [statistics.fmean(by_midpoint[m]) for m in midpoints], marker="o", label=encoding)
-    axes.axvline(max_length, color="black", linestyle="--", label=f"longest training source (L={max_length})")
-    axes.set(xlabel="source length (tokens, bucket midpoint)", ylabel="test BLEU", title="Length extrapolation")
-    axes.grid(alpha=0.3)
-    axes.legend(fontsize=8)
+    """BLEU and chrF against input length (bucket midpoints, mean over seeds), one line per encoding, a line at L.
+
+    chrF sits beside BLEU because it stays informative on the small buckets of quick mode, where BLEU's 4-gram
+    precision often drops to near zero."""
+    figure = Figure(figsize=(13, 5), layout="constrained", dpi=100)
+    for axes, metric, label in zip(figure.subplots(1, 2), ("bleu", "chrf"), ("test BLEU", "test chrF"), strict=True):
+        for encoding in dict.fromkeys(row["encoding"] for row in rows):
+            by_midpoint: dict[float, list[float]] = {}
+            for row in rows:
+                if row["encoding"] == encoding:
+                    by_midpoint.setdefault(row["midpoint"], []).append(row[metric])
+            midpoints = sorted(by_midpoint)
+            axes.plot(midpoints, [statistics.fmean(by_midpoint[m]) for m in midpoints], marker="o", label=encoding)
+        axes.axvline(max_length, color="black", linestyle="--", label=f"longest training source (L={max_length})")
+        axes.set(xlabel="source length (tokens, bucket midpoint)", ylabel=label, title=f"Length extrapolation: {label}")
+        axes.grid(alpha=0.3)
+        axes.legend(fontsize=8)
     buffer = io.BytesIO()
     FigureCanvasAgg(figure).print_png(buffer)
     return atomic_write_bytes(out_png, buffer.getvalue())
