@@ -6,7 +6,8 @@
 
 Every workload runs in interleaved rounds (ours, Marian, ours, ...) so that machine noise hits both alike;
 the table reports the median time of each and the ratio ours/peer (lower is better), then every position
-encoding of ours relative to our `sinusoidal`. Workloads: a training step (forward + backward + AdamW) on a
+encoding of ours relative to our `sinusoidal` (a separate interleaved group, so that neither comparison is
+timed in the other's allocator state). Workloads: a training step (forward + backward + AdamW) on a
 batch of 32 x 64 tokens, cached greedy generation of 64 new tokens for 8 sentences, and 4-beam search; and
 the peak memory of the training step (CUDA: allocator peak; CPU: the tensors a profiler sees allocated).
 `--profile` adds where the time goes: one profiled training step and greedy generation of posformer and Marian,
@@ -147,13 +148,15 @@ def operator_kind(event) -> str:
     return next((kind for kind, matches in PROFILE_KINDS if matches(event.name)), OTHER)
 
 
-def time_by_kind(function: Callable[[], None]) -> dict[str, float]:
-    """Seconds of operator self time per kind during one call (self time: nested operators are not counted twice)."""
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profiler:
-        function()
+def time_by_kind(function: Callable[[], None], calls: int = 3) -> dict[str, float]:
+    """Seconds of operator self time per kind, averaged over `calls` calls (self time: nested operators are not
+    counted twice). One call is noisy on CPU: an allocation's page faults land on whichever operator touches it."""
     kinds = dict.fromkeys([kind for kind, _ in PROFILE_KINDS] + [OPTIMIZER, OTHER], 0.0)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profiler:
+        for _ in range(calls):
+            function()
     for event in profiler.events():
-        kinds[operator_kind(event)] += event.self_cpu_time_total / 1e6
+        kinds[operator_kind(event)] += event.self_cpu_time_total / 1e6 / calls
     return kinds
 
 
@@ -168,39 +171,50 @@ def compare(workloads: dict[str, Callable[[], None]], rounds: int, device: torch
     return {name: statistics.median(values) for name, values in times.items()}
 
 
-def benchmark(size: Size, rounds: int, device: torch.device, dtype: torch.dtype, profile: bool = False) -> dict:
-    torch.manual_seed(0)
-    models = {"posformer": posformer(size, "sinusoidal"), "marian": marian(size)}
-    models["marian"].load_state_dict(models["posformer"].state_dict(), strict=False)
-    for encoding in POSITION_ENCODINGS:
-        if encoding != "sinusoidal":
-            models[encoding] = posformer(size, encoding)
-    for model in models.values():
-        model.to(device=device, dtype=dtype)
-    train_inputs = batch(size, size.batch, device)
-    generate_inputs = batch(size, size.generate_batch, device)
-    optimizers = {name: torch.optim.AdamW(model.parameters(), lr=1e-4) for name, model in models.items()}
-    results: dict = {"workloads": {}}
-    for workload in ("training step", "greedy generation", "beam search (4)"):
-        if workload == "training step":
-            functions = {name: training_step(m, optimizers[name], train_inputs) for name, m in models.items()}
-        else:
-            beams = 1 if workload == "greedy generation" else 4
-            functions = {name: generation(m, generate_inputs, size, beams) for name, m in models.items()}
-        results["workloads"][workload] = compare(functions, rounds, device)
-    memory = {
-        name: peak_memory(training_step(model, optimizers[name], train_inputs), device)
-        for name, model in models.items()
+def workload_functions(models: dict, optimizers: dict, inputs: dict, size: Size) -> dict[str, dict]:
+    """Workload -> model name -> the call to time."""
+    return {
+        "training step": {name: training_step(m, optimizers[name], inputs["train"]) for name, m in models.items()},
+        "greedy generation": {name: generation(m, inputs["generate"], size, 1) for name, m in models.items()},
+        "beam search (4)": {name: generation(m, inputs["generate"], size, 4) for name, m in models.items()},
     }
-    results["workloads"]["peak training memory (bytes)"] = memory
+
+
+def measure(models: dict, size: Size, rounds: int, device: torch.device) -> dict[str, dict[str, float]]:
+    """Median seconds per workload and model (interleaved among `models` only), and peak training bytes."""
+    inputs = {"train": batch(size, size.batch, device), "generate": batch(size, size.generate_batch, device)}
+    optimizers = {name: torch.optim.AdamW(model.parameters(), lr=1e-4) for name, model in models.items()}
+    functions = workload_functions(models, optimizers, inputs, size)
+    results = {workload: compare(calls, rounds, device) for workload, calls in functions.items()}
+    results["peak training memory (bytes)"] = {
+        name: peak_memory(call, device) for name, call in functions["training step"].items()
+    }
+    return results
+
+
+def benchmark(size: Size, rounds: int, device: torch.device, dtype: torch.dtype, profile: bool = False) -> dict:
+    """posformer (`sinusoidal`) against Marian on identical weights, then every encoding of ours.
+
+    The two comparisons run as separate interleaved groups: timing a model beside nine others would measure the
+    allocator state they leave behind (on CPU, which freed blocks go back to the OS and must be faulted in
+    again) as much as the model itself.
+    """
+    torch.manual_seed(0)
+    peers = {"posformer": posformer(size, "sinusoidal"), "marian": marian(size)}
+    peers["marian"].load_state_dict(peers["posformer"].state_dict(), strict=False)
+    encodings = {name: posformer(size, name) for name in POSITION_ENCODINGS}
+    for model in (*peers.values(), *encodings.values()):
+        model.to(device=device, dtype=dtype)
+    results: dict = {"workloads": measure(peers, size, rounds, device)}
     if profile:
+        inputs = {"train": batch(size, size.batch, device), "generate": batch(size, size.generate_batch, device)}
+        optimizers = {name: torch.optim.AdamW(model.parameters(), lr=1e-4) for name, model in peers.items()}
+        functions = workload_functions(peers, optimizers, inputs, size)
         results["profile"] = {
-            workload: {name: time_by_kind(make(name)) for name in ("posformer", "marian")}
-            for workload, make in (
-                ("training step", lambda name: training_step(models[name], optimizers[name], train_inputs)),
-                ("greedy generation", lambda name: generation(models[name], generate_inputs, size, 1)),
-            )
+            workload: {name: time_by_kind(call) for name, call in functions[workload].items()}
+            for workload in ("training step", "greedy generation")
         }
+    results["encodings"] = measure(encodings, size, rounds, device)
     return results
 
 
@@ -215,9 +229,8 @@ def table(results: dict) -> str:
         lines.append(f"| {workload} | {unit(values['posformer'])} | {unit(values['marian'])} | {ratio:.2f} |")
     encodings = sorted(POSITION_ENCODINGS)
     lines += ["", "| workload | " + " | ".join(encodings) + " |", "|---|" + "---|" * len(encodings)]
-    for workload, values in results["workloads"].items():
-        reference = values["posformer"]
-        cells = [f"{(values['posformer' if e == 'sinusoidal' else e] / reference):.2f}" for e in encodings]
+    for workload, values in results["encodings"].items():
+        cells = [f"{values[encoding] / values['sinusoidal']:.2f}" for encoding in encodings]
         lines.append(f"| {workload} (relative to sinusoidal) | " + " | ".join(cells) + " |")
     if "profile" in results:
         lines += ["", profile_table(results)]

@@ -701,6 +701,20 @@ class PosformerForConditionalGeneration(PosformerPreTrainedModel, GenerationMixi
         """Used by `DataCollatorForSeq2Seq` to build `decoder_input_ids`."""
         return shift_tokens_right(labels, self.config.pad_token_id, self.config.decoder_start_token_id)
 
+    def _reorder_cache(self, past_key_values: Cache, beam_idx: torch.LongTensor) -> Cache:
+        """Beam search's per-step cache reordering (called by `GenerationMixin`), for the self-attention cache only.
+
+        `beam_idx` `(B * beams,)` only ever moves beams within their own sentence, and the beams of a sentence share
+        one (expanded) encoder output, so their cross-attention keys and values are equal row for row: reordering
+        them, as `EncoderDecoderCache.reorder_cache` does, copies `2 * layers` tensors of `(B * beams, H, S, D)`
+        every step and changes nothing.
+        """
+        cache = past_key_values
+        if isinstance(past_key_values, EncoderDecoderCache):
+            cache = past_key_values.self_attention_cache
+        cache.reorder_cache(beam_idx)
+        return past_key_values
+
     @can_return_tuple
     def forward(
         self,

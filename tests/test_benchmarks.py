@@ -20,9 +20,10 @@ def test_speed_benchmark_writes_its_table(tmp_path, capsys):
     assert set(results["workloads"]) == {
         "training step", "greedy generation", "beam search (4)", "peak training memory (bytes)"
     }  # fmt: skip
-    for values in results["workloads"].values():
-        assert set(values) == {"posformer", "marian"} | set(POSITION_ENCODINGS) - {"sinusoidal"}
-        assert all(math.isfinite(v) and v > 0 for v in values.values())
+    assert set(results["encodings"]) == set(results["workloads"])
+    for group, names in (("workloads", {"posformer", "marian"}), ("encodings", set(POSITION_ENCODINGS))):
+        for values in results[group].values():
+            assert set(values) == names and all(math.isfinite(v) and v > 0 for v in values.values())
     printed = capsys.readouterr().out
     assert "| training step |" in printed and "ours / Marian" in printed
     for workload in ("training step", "greedy generation"):

@@ -183,3 +183,19 @@ def test_dataset_name_loads_a_dataset_repository(tmp_path):
     assert results["step"] == 2 and "test_bleu" in results
     card = (out / "model" / "README.md").read_text()
     assert str(repository) in card and "200 train" in card
+
+
+def test_evaluation_loss_covers_the_whole_split_whatever_the_translated_sample(tmp_path, toy_files):
+    """`--max_eval_samples`/`--max_test_samples` bound the translated pairs, not the loss (10 pairs per split)."""
+    results, evaluations = [], []
+    for translated in ("3", "10"):
+        torch.manual_seed(0)
+        out = tmp_path / f"translated-{translated}"
+        results.append(main([
+            *TINY_MODEL, *FAST, *toy_files, "--output_dir", str(out), "--max_steps", "2", "--eval_steps", "2",
+            "--save_steps", "2", "--max_eval_samples", translated, "--max_test_samples", translated,
+        ]))  # fmt: skip
+        records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+        evaluations.append(next(record for record in records if "eval_loss" in record))
+    assert evaluations[0]["eval_loss"] == evaluations[1]["eval_loss"]
+    assert results[0]["test_loss"] == results[1]["test_loss"]

@@ -108,9 +108,12 @@ class DataArguments(DataSourceArguments):
     max_target_length: int = field(default=128, metadata={"help": "Drop training pairs with longer targets."})
     max_train_samples: int | None = field(default=None, metadata={"help": "Use only this many training pairs."})
     max_eval_samples: int | None = field(
-        default=200, metadata={"help": "Validation pairs translated for BLEU/chrF at each evaluation."}
+        default=200,
+        metadata={"help": "Validation pairs translated for BLEU/chrF at each evaluation (the loss covers the split)."},
     )
-    max_test_samples: int | None = field(default=None, metadata={"help": "Test pairs scored at the end."})
+    max_test_samples: int | None = field(
+        default=None, metadata={"help": "Test pairs translated for BLEU/chrF at the end (the loss covers the split)."}
+    )
 
 
 @dataclass

@@ -239,21 +239,22 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self, split: str, max_samples: int | None) -> dict[str, float]:
-        """Token-level loss over the split and BLEU/chrF of beam-search translations of its first `max_samples`."""
+        """Token-level loss over the whole split, and BLEU/chrF of beam-search translations of its first
+        `max_samples` pairs (the loss is cheap; translating is what `max_samples` bounds)."""
         pairs = self.splits[split]
-        if max_samples is not None:
-            pairs = pairs.select(range(min(max_samples, len(pairs))))
+        translated = pairs if max_samples is None else pairs.select(range(min(max_samples, len(pairs))))
         model = self.accelerator.unwrap_model(self.model)
         model.eval()
-        shard = range(self.accelerator.process_index, len(pairs), self.accelerator.num_processes)
-        sources = [pairs[i]["source"] for i in shard]
-        targets = [pairs[i]["target"] for i in shard]
-        loss_sum, token_count = self._loss_sum(model, sources, targets)
+        rank, processes = self.accelerator.process_index, self.accelerator.num_processes
+        mine = pairs.select(range(rank, len(pairs), processes))
+        loss_sum, token_count = self._loss_sum(model, list(mine["source"]), list(mine["target"]))
         loss_sum = self.accelerator.reduce(loss_sum, "sum").item()
         token_count = self.accelerator.reduce(token_count, "sum").item()
-        hypotheses = gather_object(list(zip(shard, self.translate(model, sources), strict=True)))
+        shard = range(rank, len(translated), processes)
+        translations = self.translate(model, list(translated.select(shard)["source"]))
+        hypotheses = gather_object(list(zip(shard, translations, strict=True)))
         hypotheses = [text for _, text in sorted(hypotheses)]
-        scores = self.metric.compute(predictions=hypotheses, references=list(pairs["target"]))
+        scores = self.metric.compute(predictions=hypotheses, references=list(translated["target"]))
         prefix = "eval" if split == "validation" else split
         return {
             f"{prefix}_loss": loss_sum / token_count,
