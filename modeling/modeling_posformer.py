@@ -374,15 +374,29 @@ class PosformerPreTrainedModel(PreTrainedModel):
         (it is imported by name so that the copy does not need it): there transformers copies the model's code
         itself, and the config keeps the entries it was loaded with.
         """
-        try:
-            remote_code = importlib.import_module(".remote_code", __package__)
-        except ModuleNotFoundError as error:
-            if error.name != f"{__package__}.remote_code":
-                raise
-            remote_code = None
+        remote_code = _remote_code_module()
         if remote_code is not None and is_main_process:
             remote_code.save_remote_code(self.config, save_directory)  # before config.json, which names it
         super().save_pretrained(save_directory, is_main_process, *args, **kwargs)
+
+    def _get_files_timestamps(self, working_dir: str | os.PathLike) -> dict[str, float]:
+        """The snapshot `save_pretrained(push_to_hub=True)` takes to upload only what it changed. It is taken after
+        the code files above were written, so they are left out of it: they always upload with the weights."""
+        timestamps = super()._get_files_timestamps(working_dir)
+        remote_code = _remote_code_module()
+        for name in remote_code.remote_code_file_names() if remote_code is not None else []:
+            timestamps.pop(name, None)
+        return timestamps
+
+
+def _remote_code_module():
+    """posformer's `remote_code` module, or None in a flat copy of this file loaded as remote code."""
+    try:
+        return importlib.import_module(".remote_code", __package__)
+    except ModuleNotFoundError as error:
+        if error.name != f"{__package__}.remote_code":
+            raise
+        return None
 
 
 class PosformerStack(PosformerPreTrainedModel):

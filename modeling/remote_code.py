@@ -133,6 +133,11 @@ def write_atomically(path: Path, text: str) -> None:
         raise
 
 
+def remote_code_file_names() -> list[str]:
+    """Names of the code files `save_remote_code` writes."""
+    return [Path(module.__file__).name for module in SOURCE_MODULES]
+
+
 def remote_code_files() -> dict[str, str]:
     """File name -> text of the flat code a checkpoint carries (every rewrite checked before anything is written)."""
     paths = [Path(module.__file__) for module in SOURCE_MODULES]
@@ -150,4 +155,11 @@ def save_remote_code(config: PreTrainedConfig, save_directory: str | os.PathLike
     add_remote_code_entries(config)
 
 
-__all__ = ["add_remote_code_entries", "auto_map", "custom_pipelines", "remote_code_files", "save_remote_code"]
+__all__ = [
+    "add_remote_code_entries",
+    "auto_map",
+    "custom_pipelines",
+    "remote_code_file_names",
+    "remote_code_files",
+    "save_remote_code",
+]

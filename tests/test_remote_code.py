@@ -7,10 +7,12 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
-from transformers import AutoConfig, AutoModel, AutoModelForSeq2SeqLM, PreTrainedTokenizerBase
+from huggingface_hub import HfApi, ModelCard
+from transformers import AutoConfig, AutoModel, AutoModelForSeq2SeqLM, PreTrainedTokenizerBase, modeling_utils
 from transformers.dynamic_module_utils import get_relative_imports
 
 from conftest import tiny_config
@@ -22,6 +24,7 @@ from posformer.modeling import (
     TranslationPipeline,
     remote_code,
 )
+from posformer.modeling.remote_code import remote_code_file_names
 from posformer.training.data import train_bpe_tokenizer
 
 REPO_ID = "org/name"
@@ -255,3 +258,22 @@ def test_translation_pipeline_decodes_what_generate_returns(tokenizer: PreTraine
         assert record == {"translation_text": tokenizer.decode(generated[0], skip_special_tokens=True)}
     several = translator(SOURCES[:2], num_return_sequences=2, max_new_tokens=5)
     assert [len(records) for records in several] == [2, 2]
+
+
+def test_save_pretrained_with_push_to_hub_uploads_the_code_files(tmp_path: Path, monkeypatch) -> None:
+    """transformers uploads only files changed after its snapshot; the code is written before it and must go too."""
+    committed: dict[str, list[str]] = {}
+
+    def create_repo(self, repo_id, **kwargs):
+        return SimpleNamespace(repo_id=repo_id)
+
+    def create_commit(self, repo_id, operations, **kwargs):
+        committed[repo_id] = sorted(operation.path_in_repo for operation in operations)
+
+    monkeypatch.setattr(HfApi, "create_repo", create_repo)
+    monkeypatch.setattr(HfApi, "create_commit", create_commit)
+    # transformers would first look for an existing card on the (unreachable) Hub
+    monkeypatch.setattr(modeling_utils, "create_and_tag_model_card", lambda *args, **kwargs: ModelCard("card"))
+    model = PosformerForConditionalGeneration(tiny_config("rope"))
+    model.save_pretrained(tmp_path / "tiny", push_to_hub=True, repo_id="posformer/tiny")
+    assert set(committed["posformer/tiny"]) >= {"config.json", "model.safetensors", *remote_code_file_names()}
