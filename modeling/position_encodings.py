@@ -88,10 +88,12 @@ class PositionEncoding(nn.Module):
     Class attributes:
         adds_score_bias: the encoding hands the attention kernel a `position_bias` (no flash-attention).
         needs_attention_weights: a layer term needs the attention probabilities (eager attention only).
+        bounded_by_max_positions: positions past `config.max_position_embeddings` are an error (a table).
     """
 
     adds_score_bias: ClassVar[bool] = False
     needs_attention_weights: ClassVar[bool] = False
+    bounded_by_max_positions: ClassVar[bool] = False
 
     def __init__(self, config, num_heads: int, causal: bool) -> None:
         super().__init__()
@@ -168,6 +170,8 @@ class SinusoidalPositionEncoding(PositionEncoding):
 class LearnedPositionEncoding(PositionEncoding):
     """`learned`: a trained absolute table of `max_position_embeddings` rows added to the embeddings,
     as in BERT and Gehring et al. (2017): `h = E[x] * s + P[p]`. Positions past the table raise."""
+
+    bounded_by_max_positions = True
 
     def __init__(self, config, num_heads: int, causal: bool) -> None:
         super().__init__(config, num_heads, causal)

@@ -199,3 +199,16 @@ def test_evaluation_loss_covers_the_whole_split_whatever_the_translated_sample(t
         evaluations.append(next(record for record in records if "eval_loss" in record))
     assert evaluations[0]["eval_loss"] == evaluations[1]["eval_loss"]
     assert results[0]["test_loss"] == results[1]["test_loss"]
+
+
+def test_pairs_longer_than_a_learned_table_are_evaluated_without_failing(tmp_path, toy_files):
+    """A validation/test pair past `max_position_embeddings`: left out of the loss, truncated for translation."""
+    long_pair = {"translation": {"en": " ".join(["file"] * 30), "de": " ".join(["Datei"] * 30)}}
+    for split, offset in (("validation", 500), ("test", 900)):
+        write_jsonl(tmp_path / f"{split}.jsonl", [long_pair, *toy_pairs(10, offset)])
+    results = main([
+        *TINY_MODEL, *FAST, *toy_files, "--output_dir", str(tmp_path / "run"), "--max_steps", "2",
+        "--eval_steps", "2", "--save_steps", "2", "--position_encoding", "learned",
+        "--max_position_embeddings", "12", "--max_source_length", "10", "--max_target_length", "10",
+    ])  # fmt: skip
+    assert torch.isfinite(torch.tensor(results["test_loss"])) and 0 <= results["test_bleu"] <= 100

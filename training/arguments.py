@@ -109,10 +109,14 @@ class DataArguments(DataSourceArguments):
     max_train_samples: int | None = field(default=None, metadata={"help": "Use only this many training pairs."})
     max_eval_samples: int | None = field(
         default=200,
-        metadata={"help": "Validation pairs translated for BLEU/chrF at each evaluation (the loss covers the split)."},
+        metadata={
+            "help": "Validation pairs translated for BLEU/chrF at each evaluation (the loss covers every pair within "
+            "--max_source_length/--max_target_length)."
+        },
     )
     max_test_samples: int | None = field(
-        default=None, metadata={"help": "Test pairs translated for BLEU/chrF at the end (the loss covers the split)."}
+        default=None,
+        metadata={"help": "Test pairs translated for BLEU/chrF at the end (the loss: every pair within the limits)."},
     )
 
 

@@ -160,12 +160,12 @@ def tokenize_pairs(pairs: Dataset, tokenizer: PreTrainedTokenizerBase, split: st
     return pairs.map(encode, batched=True, desc=f"{split}: tokenize")
 
 
-def filter_by_length(dataset: Dataset, max_source_length: int, max_target_length: int) -> Dataset:
-    """Training pairs whose source and target fit the limits (and are not empty)."""
+def filter_by_length(dataset: Dataset, max_source_length: int, max_target_length: int, split: str = "train") -> Dataset:
+    """Tokenized pairs whose source and target fit the limits (and are not empty)."""
     return dataset.filter(
         lambda ids, labels: 1 < len(ids) <= max_source_length and 1 < len(labels) <= max_target_length,
         input_columns=["input_ids", "labels"],
-        desc="train: length filter",
+        desc=f"{split}: length filter",
     )
 
 

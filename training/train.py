@@ -26,10 +26,11 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 from accelerate.utils import gather_object, is_tensorboard_available, set_seed
+from datasets import Dataset
 from tqdm.auto import tqdm
 from transformers import AutoTokenizer, get_inverse_sqrt_schedule
 
-from ..modeling import PosformerForConditionalGeneration
+from ..modeling import POSITION_ENCODINGS, PosformerForConditionalGeneration
 from .arguments import build_config, parse_args
 from .data import (
     TokenBatches,
@@ -81,6 +82,16 @@ def resolve_resume(output_dir: Path, resume_from_checkpoint: str | None) -> Path
     return path
 
 
+def position_limit(config) -> int | None:
+    """The most positions the model can encode: `max_position_embeddings` for a table encoding (`learned`), none
+    for the others; for a model that is not posformer (Marian's sinusoids are a table too), its
+    `max_position_embeddings` when it has one."""
+    encoding = POSITION_ENCODINGS.get(getattr(config, "position_encoding", None))
+    if encoding is not None and not encoding.bounded_by_max_positions:
+        return None
+    return getattr(config, "max_position_embeddings", None)
+
+
 class Trainer:
     """One training run: data, model, optimizer and the loop around them."""
 
@@ -119,6 +130,7 @@ class Trainer:
             self.step = json.loads((self.resume_from / STATE_FILE).read_text())["step"]
         self.last_checkpoint: Path | None = self.resume_from
         self.metric = load_translation_metric()
+        self._loss_pairs: dict[str, Dataset] = {}
         self.started = time.perf_counter()
 
     # ------------------------------------------------------------------------------------------ setup
@@ -239,14 +251,16 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self, split: str, max_samples: int | None) -> dict[str, float]:
-        """Token-level loss over the whole split, and BLEU/chrF of beam-search translations of its first
-        `max_samples` pairs (the loss is cheap; translating is what `max_samples` bounds)."""
+        """Token-level loss over the split's pairs within the training length limits, and BLEU/chrF of
+        beam-search translations of its first `max_samples` pairs (the loss is cheap; translating is what
+        `max_samples` bounds)."""
         pairs = self.splits[split]
         translated = pairs if max_samples is None else pairs.select(range(min(max_samples, len(pairs))))
         model = self.accelerator.unwrap_model(self.model)
         model.eval()
         rank, processes = self.accelerator.process_index, self.accelerator.num_processes
-        mine = pairs.select(range(rank, len(pairs), processes))
+        scored = self.loss_pairs(split)
+        mine = scored.select(range(rank, len(scored), processes))
         loss_sum, token_count = self._loss_sum(model, list(mine["source"]), list(mine["target"]))
         loss_sum = self.accelerator.reduce(loss_sum, "sum").item()
         token_count = self.accelerator.reduce(token_count, "sum").item()
@@ -260,6 +274,17 @@ class Trainer:
             f"{prefix}_loss": loss_sum / token_count,
             **{f"{prefix}_{name}": value for name, value in scores.items()},
         }
+
+    def loss_pairs(self, split: str) -> Dataset:
+        """The split's pairs within `--max_source_length`/`--max_target_length`: the loss training minimises, on
+        the lengths it trains on, and on pairs every encoding can take (a `learned` table has an end)."""
+        if split not in self._loss_pairs:
+            tokenized = tokenize_pairs(self.splits[split], self.tokenizer, split)
+            limits = (self.data_args.max_source_length, self.data_args.max_target_length)
+            table = position_limit(self.accelerator.unwrap_model(self.model).config)
+            limits = limits if table is None else tuple(min(length, table) for length in limits)
+            self._loss_pairs[split] = filter_by_length(tokenized, *limits, split).select_columns(["source", "target"])
+        return self._loss_pairs[split]
 
     def _loss_sum(self, model, sources: list[str], targets: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """Summed token cross-entropy (no label smoothing) and the number of target tokens."""
@@ -284,18 +309,24 @@ class Trainer:
         return total, count
 
     def translate(self, model, sources: list[str]) -> list[str]:
-        """Beam-search translations, in the order of `sources` (batched by length for speed)."""
+        """Beam-search translations, in the order of `sources` (batched by length for speed). With a position
+        table (`learned`), sources are truncated to it and translations stop at its end, instead of failing."""
+        limit = position_limit(model.config)
         order = sorted(range(len(sources)), key=lambda i: len(sources[i]))
         translations: dict[int, str] = {}
         size = self.args.eval_batch_size
         for start in range(0, len(order), size):
             indices = order[start : start + size]
-            encoded = self.tokenizer([sources[i] for i in indices], padding=True, return_tensors="pt")
+            encoded = self.tokenizer(
+                [sources[i] for i in indices], padding=True, truncation=limit is not None, max_length=limit,
+                return_tensors="pt",
+            )  # fmt: skip
+            max_new_tokens = int(encoded["input_ids"].shape[1] * 1.5) + 10
             generated = model.generate(
                 **encoded.to(self.accelerator.device),
                 num_beams=self.args.num_beams,
                 length_penalty=self.args.length_penalty,
-                max_new_tokens=int(encoded["input_ids"].shape[1] * 1.5) + 10,
+                max_new_tokens=max_new_tokens if limit is None else min(max_new_tokens, limit - 1),
             )
             for index, text in zip(
                 indices, self.tokenizer.batch_decode(generated, skip_special_tokens=True), strict=True
