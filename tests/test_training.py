@@ -131,6 +131,11 @@ def test_nan_loss_stops_with_the_step_and_last_checkpoint(tmp_path, toy_files, m
         ([{"en": "a", "de": "b"}], ["--target_lang", "es"], r"two text columns named 'en' and 'es'"),
         ([], [], r"The train split is empty"),
         (None, ["--max_tokens", "3"], r"--max_tokens 3 is smaller than the longest training pair"),
+        (
+            None,
+            ["--position_encoding", "learned", "--max_position_embeddings", "64"],
+            r"max_position_embeddings=64 positions, but .* 128 tokens\. Raise --max_position_embeddings",
+        ),
     ],
 )
 def test_bad_input_is_a_clear_error_and_writes_nothing(tmp_path, toy_files, rows, extra, message):

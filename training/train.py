@@ -164,6 +164,13 @@ class Trainer:
         config = build_config(
             self.model_args, len(self.tokenizer), special_token_ids(self.tokenizer), self.args.label_smoothing
         )
+        table, longest = position_limit(config), max(self.data_args.max_source_length, self.data_args.max_target_length)
+        if table is not None and longest > table:
+            raise ValueError(
+                f"position_encoding={config.position_encoding!r} has a table of max_position_embeddings={table} "
+                f"positions, but --max_source_length/--max_target_length let training pairs have {longest} tokens. "
+                f"Raise --max_position_embeddings to at least {longest}, or lower the length limits."
+            )
         return PosformerForConditionalGeneration(config)
 
     # ------------------------------------------------------------------------------------------ loop
