@@ -15,6 +15,7 @@ Layer and parameter names are transformers' BART/Marian names (`self_attn`, `enc
 import importlib
 import math
 import os
+import shutil
 from collections.abc import Callable
 
 import torch
@@ -33,7 +34,7 @@ from transformers.modeling_outputs import (
     Seq2SeqModelOutput,
 )
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
-from transformers.utils import SAFE_WEIGHTS_NAME, can_return_tuple, logging
+from transformers.utils import SAFE_WEIGHTS_NAME, cached_file, can_return_tuple, logging
 from transformers.utils.generic import merge_with_config_defaults
 from transformers.utils.output_capturing import OutputRecorder, capture_outputs
 
@@ -377,6 +378,8 @@ class PosformerPreTrainedModel(PreTrainedModel):
         remote_code = _remote_code_module()
         if remote_code is not None and is_main_process:
             remote_code.save_remote_code(self.config, save_directory)  # before config.json, which names it
+        elif is_main_process:
+            _copy_pipeline_code(self.config, save_directory)
         super().save_pretrained(save_directory, is_main_process, *args, **kwargs)
 
     def _get_files_timestamps(self, working_dir: str | os.PathLike) -> dict[str, float]:
@@ -387,6 +390,23 @@ class PosformerPreTrainedModel(PreTrainedModel):
         for name in remote_code.remote_code_file_names() if remote_code is not None else []:
             timestamps.pop(name, None)
         return timestamps
+
+
+def _copy_pipeline_code(config: PosformerConfig, save_directory: str | os.PathLike) -> None:
+    """In a copy of this file loaded as remote code, write the pipeline file that `config.custom_pipelines` names.
+
+    transformers re-saves the model's own code and what it imports, but nothing imports the pipeline file. It is
+    taken from beside this file, else from the checkpoint it was loaded from (the Hub cache works offline)."""
+    for task, entry in (getattr(config, "custom_pipelines", None) or {}).items():
+        name = entry["impl"].split(".")[0] + ".py"
+        source = os.path.join(os.path.dirname(__file__), name)
+        if not os.path.isfile(source):
+            source = cached_file(config._name_or_path, name, _raise_exceptions_for_missing_entries=False)
+        if source is None:
+            logger.warning(f"{name} (the {task!r} pipeline) was not found; the saved checkpoint loads without it.")
+            continue
+        os.makedirs(save_directory, exist_ok=True)
+        shutil.copyfile(source, os.path.join(save_directory, name))
 
 
 def _remote_code_module():
