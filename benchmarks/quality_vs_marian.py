@@ -84,7 +84,7 @@ class MarianTrainer(Trainer):
         return model
 
     def finish(self) -> dict:
-        results = {"step": self.step, **self.evaluate("test", self.data_args.max_test_samples)}
+        results = {"step": self.step, **self.evaluate(self.full_model(), "test", self.data_args.max_test_samples)}
         if self.accelerator.is_main_process:
             atomic_write_text(self.output_dir / RESULTS_FILE, json.dumps(results, indent=2))
         return results

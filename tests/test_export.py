@@ -6,6 +6,7 @@ import re
 
 import pytest
 import torch
+import torch.distributed.checkpoint as dcp
 import yaml
 from safetensors.torch import load_file, save_file
 from tokenizers import Tokenizer, models, pre_tokenizers, processors, trainers
@@ -156,6 +157,38 @@ def test_average_keeps_each_tensor_dtype_and_sums_in_float32(tmp_path):
     assert averaged["w"].dtype == torch.bfloat16 and averaged["n"].dtype == torch.int64
     torch.testing.assert_close(averaged["w"], half / 2)
     torch.testing.assert_close(averaged["n"], torch.tensor([3, 6]))
+
+
+def save_like_accelerate_under_fsdp(state: dict[str, torch.Tensor], folder, sharded: bool) -> None:
+    """The model files of Accelerate's `save_state` under FSDP: `torch.distributed.checkpoint` shards of
+    `{"model": state}` (SHARDED_STATE_DICT, the default) or one `torch.save` file (FULL_STATE_DICT)."""
+    folder.mkdir()
+    if sharded:
+        writer = dcp.FileSystemWriter(folder / "pytorch_model_fsdp_0")
+        dcp.save({"model": state}, storage_writer=writer, no_dist=True)
+    else:
+        torch.save(state, folder / "pytorch_model_fsdp.bin")
+
+
+def test_average_reads_the_checkpoints_accelerate_writes_under_fsdp(tmp_path):
+    first, second = tiny_model(seed=1).state_dict(), tiny_model(seed=2).state_dict()
+    save_like_accelerate_under_fsdp(first, tmp_path / "sharded", sharded=True)
+    save_like_accelerate_under_fsdp(second, tmp_path / "full", sharded=False)
+    averaged = average_checkpoints([tmp_path / "sharded", tmp_path / "full"])
+    assert averaged.keys() == first.keys()  # the FSDP files keep tied weights under every name
+    for name, tensor in averaged.items():
+        torch.testing.assert_close(tensor, (first[name] + second[name]) / 2)
+    model = tiny_model(seed=3)
+    model.load_state_dict(averaged)
+    torch.testing.assert_close(model.lm_head.weight, averaged["model.shared.weight"])
+
+
+def test_average_names_a_damaged_sharded_checkpoint(tmp_path):
+    save_like_accelerate_under_fsdp(tiny_model().state_dict(), tmp_path / "a", sharded=True)
+    (shard,) = (tmp_path / "a" / "pytorch_model_fsdp_0").glob("*.distcp")
+    shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])
+    with pytest.raises(ValueError, match=re.escape(str(tmp_path / "a" / "pytorch_model_fsdp_0")) + ".*corrupt"):
+        average_checkpoints([tmp_path / "a"])
 
 
 def test_average_names_a_missing_checkpoint(tmp_path):

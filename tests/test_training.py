@@ -100,6 +100,61 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path, to
         torch.testing.assert_close(actual[name], expected[name], rtol=1e-4, atol=1e-5, msg=name)
 
 
+def launch_fsdp_on_cpu(arguments: list[str], cwd: Path, *options: str) -> subprocess.CompletedProcess:
+    """`accelerate launch` two gloo processes under FSDP2 (see `fsdp_on_cpu.py` for why a launcher is needed)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "true"}
+    return subprocess.run(
+        [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--use_fsdp",
+         "--fsdp_version", "2", *options, str(Path(__file__).with_name("fsdp_on_cpu.py")), *arguments],
+        env=env, cwd=cwd, capture_output=True, text=True,
+    )  # fmt: skip
+
+
+@pytest.mark.slow
+def test_fsdp_matches_one_process_resumes_exactly_and_averages_its_sharded_checkpoints(tmp_path, toy_files):
+    """FSDP2 over two processes computes what one process accumulating the same global batch computes; its
+    sharded checkpoints resume exactly and average into the exported model; evaluation and export run on weights
+    gathered from the shards."""
+    common = [*TINY_MODEL, *FAST, *toy_files, "--max_steps", "6", "--save_steps", "3", "--eval_steps", "3",
+              "--dropout", "0", "--max_tokens", "128", "--average_last_checkpoints", "2"]  # fmt: skip
+    one, fsdp, resumed = tmp_path / "one", tmp_path / "fsdp", tmp_path / "resumed"
+    reference = main([*common, "--output_dir", str(one), "--gradient_accumulation_steps", "2"])
+    for arguments in ([*common, "--output_dir", str(fsdp)], [*common, "--output_dir", str(resumed), "--max_steps", "3"],
+                      [*common, "--output_dir", str(resumed), "--resume_from_checkpoint"]):  # fmt: skip
+        run = launch_fsdp_on_cpu(arguments, tmp_path)
+        assert run.returncode == 0, run.stderr[-3000:]
+    checkpoint = fsdp / "checkpoints" / "checkpoint-6"
+    assert (checkpoint / "pytorch_model_fsdp_0" / ".metadata").is_file()  # FSDP really ran: its own layout
+    assert not (checkpoint / "model.safetensors").exists()
+    assert losses(fsdp) == pytest.approx(losses(one), rel=1e-5)
+    results = json.loads((fsdp / "results.json").read_text())
+    assert results["test_loss"] == pytest.approx(reference["test_loss"], rel=1e-5)
+    assert results["averaged_checkpoints"] == 2
+    expected, actual = (load_file(run / "model" / "model.safetensors") for run in (one, fsdp))
+    assert expected.keys() == actual.keys()
+    for name in expected:
+        if not name.endswith("k_proj.bias"):  # see test_two_processes_match_one_process_with_the_same_global_batch
+            torch.testing.assert_close(actual[name], expected[name], rtol=1e-4, atol=1e-5, msg=name)
+    assert losses(resumed) == pytest.approx(losses(fsdp), rel=0, abs=0)
+    for name, tensor in load_file(resumed / "model" / "model.safetensors").items():
+        assert torch.equal(tensor, actual[name]), name
+    translator = AutoModelForSeq2SeqLM.from_pretrained(fsdp / "model")
+    tokenizer = AutoTokenizer.from_pretrained(fsdp / "model")
+    generated = translator.generate(**tokenizer(["Open the file."], return_tensors="pt"), max_new_tokens=4)
+    assert generated.shape[0] == 1
+
+
+@pytest.mark.slow
+def test_fsdp_full_state_dict_checkpoints_that_could_not_resume_are_refused_before_training(tmp_path, toy_files):
+    out = tmp_path / "run"
+    arguments = [*TINY_MODEL, *FAST, *toy_files, "--max_steps", "2", "--output_dir", str(out)]
+    run = launch_fsdp_on_cpu(arguments, tmp_path, "--fsdp_state_dict_type", "FULL_STATE_DICT")
+    assert run.returncode != 0
+    assert "FULL_STATE_DICT saves checkpoints that cannot be resumed" in run.stderr
+    assert "SHARDED_STATE_DICT" in run.stderr
+    assert not (out / "checkpoints").exists() and not (out / "model").exists()
+
+
 def test_nan_loss_stops_with_the_step_and_last_checkpoint(tmp_path, toy_files, monkeypatch):
     from posformer.modeling import PosformerForConditionalGeneration
 

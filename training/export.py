@@ -47,25 +47,33 @@ import io
 import json
 import math
 import os
+import pickle
 import shutil
 import string
 import uuid
+import warnings
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import torch
+import torch.distributed.checkpoint as dcp
 import yaml
+from accelerate.utils.constants import FSDP_MODEL_NAME
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from safetensors import SafetensorError
 from safetensors.torch import load_file
+from torch.distributed.checkpoint import CheckpointException
+from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 from transformers import GenerationConfig, PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
 
 from ..modeling import POSITION_ENCODINGS
 
 MODEL_CARD_TEMPLATE = Path(__file__).resolve().parent / "model_card.md"
 WEIGHTS_NAME = "model.safetensors"
+# what a checkpoint folder may hold, in this order: single process or DDP, FSDP sharded (the default), FSDP full
+CHECKPOINT_WEIGHTS_NAMES = (WEIGHTS_NAME, f"{FSDP_MODEL_NAME}_0", f"{FSDP_MODEL_NAME}.bin")
 
 # Vaswani et al. (2017), section 6.1: beam size 4, length penalty alpha = 0.6, stop early when possible. The paper
 # caps the output at input length + 50; a fixed budget of new tokens stands in for that. transformers divides a
@@ -201,22 +209,63 @@ def atomic_directory(final: Path) -> Iterator[Path]:
 
 
 def _weights_file(path: Path) -> Path:
-    """`path` itself, or `path / model.safetensors` for a checkpoint folder; `ValueError` if it does not exist."""
+    """The weights of a checkpoint: `path` itself when it is a file or a sharded (DCP) folder, else the first of
+    what `save_pretrained` or Accelerate's `save_state` writes inside it: `model.safetensors`, FSDP's sharded
+    `pytorch_model_fsdp_0/` or its full `pytorch_model_fsdp.bin`. `ValueError` when there is none."""
     path = Path(path)
-    file = path / WEIGHTS_NAME if path.is_dir() else path
-    if not file.is_file():
-        raise ValueError(f"Checkpoint weights {file} do not exist; pass `{WEIGHTS_NAME}` files or folders holding one.")
-    return file
+    if path.is_file() or _is_sharded_checkpoint(path):
+        return path
+    for name in CHECKPOINT_WEIGHTS_NAMES:
+        if (path / name).is_file() or _is_sharded_checkpoint(path / name):
+            return path / name
+    tried = ", ".join(str(path / name) for name in CHECKPOINT_WEIGHTS_NAMES)
+    raise ValueError(
+        f"Checkpoint weights do not exist: none of {tried}. Pass `{WEIGHTS_NAME}` files or checkpoint folders."
+    )
+
+
+def _is_sharded_checkpoint(path: Path) -> bool:
+    """Whether `path` is a `torch.distributed.checkpoint` folder (its `.metadata` file lists the shards)."""
+    return (path / ".metadata").is_file()
 
 
 def _read_weights(file: Path) -> dict[str, torch.Tensor]:
-    """Load a safetensors file on CPU; a truncated or corrupt file raises `ValueError` naming it."""
+    """Load checkpoint weights on CPU as `{parameter name: tensor}`: a safetensors file, a full FSDP state dict
+    (`torch.save`) or a sharded FSDP folder (gathered here, without a process group). A truncated or corrupt
+    checkpoint raises `ValueError` naming it."""
     try:
+        if _is_sharded_checkpoint(file):
+            return _read_sharded_weights(file)
+        if file.suffix == ".bin":
+            return torch.load(file, map_location="cpu", weights_only=True)
         return load_file(file, device="cpu")
-    except (SafetensorError, OSError) as error:
+    except (SafetensorError, OSError, RuntimeError, CheckpointException, pickle.UnpicklingError) as error:
         raise ValueError(
-            f"Cannot read checkpoint weights {file}: {error}. The file is truncated or corrupt."
+            f"Cannot read checkpoint weights {file}: {_reason(error)}. The checkpoint is truncated or corrupt."
         ) from error
+
+
+def _reason(error: BaseException) -> str:
+    """What went wrong, in one line: a `CheckpointException` names the error of each rank, not its traceback."""
+    if isinstance(error, CheckpointException):
+        return "; ".join(repr(failure) for failure, _ in error.failures.values())
+    return str(error)
+
+
+def _read_sharded_weights(folder: Path) -> dict[str, torch.Tensor]:
+    """Join the shards of a model that Accelerate saved under FSDP (`{"model": state_dict}` through
+    `torch.distributed.checkpoint`) into full tensors: the metadata gives every tensor's size and dtype."""
+    reader = dcp.FileSystemReader(folder)
+    metadata = reader.read_metadata()
+    state = {
+        key: torch.empty(entry.size, dtype=entry.properties.dtype)
+        for key, entry in metadata.state_dict_metadata.items()
+        if isinstance(entry, TensorStorageMetadata)
+    }
+    with warnings.catch_warnings():  # reading without a process group is the intent here
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        dcp.load(state, storage_reader=reader, no_dist=True)
+    return {key.removeprefix("model."): tensor for key, tensor in state.items()}
 
 
 def _check_same_layout(
@@ -240,11 +289,12 @@ def _check_same_layout(
 def average_checkpoints(state_dicts_paths: list[Path]) -> dict[str, torch.Tensor]:
     """Element-wise mean of several `model.safetensors` files, as in Vaswani et al. (2017): `mean_i W_i`.
 
-    Each path is a safetensors file or a folder holding `model.safetensors` (what `save_pretrained` and
-    Accelerate's `save_state` write). Sums run in float32, one file in memory at a time besides the sum; each
-    tensor is cast back to its dtype in the first file. Returns the same tensor names as the files, ready for
-    `model.load_state_dict(..., strict=False)` (tied weights are stored once). Raises `ValueError` naming the file
-    when one is missing, truncated or corrupt, or differs from the first in tensor names or shapes.
+    Each path is a safetensors file or a checkpoint folder: what `save_pretrained` writes, or what Accelerate's
+    `save_state` writes on one process, under DDP, or under FSDP (sharded or full state dict; see
+    `_weights_file`). Sums run in float32, one checkpoint in memory at a time besides the sum; each tensor is cast
+    back to its dtype in the first. Returns the same tensor names as the checkpoints, ready for
+    `model.load_state_dict(..., strict=False)` (safetensors store tied weights once). Raises `ValueError` naming
+    the checkpoint when one is missing, truncated or corrupt, or differs from the first in tensor names or shapes.
     """
     if not state_dicts_paths:
         raise ValueError("average_checkpoints needs at least one checkpoint.")

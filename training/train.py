@@ -25,8 +25,10 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import gather_object, is_tensorboard_available, set_seed
+from accelerate.utils import DistributedType, gather_object, is_tensorboard_available, set_seed
 from datasets import Dataset
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+from torch.distributed.fsdp import StateDictType
 from tqdm.auto import tqdm
 from transformers import AutoTokenizer, get_inverse_sqrt_schedule
 
@@ -171,7 +173,26 @@ class Trainer:
                 f"positions, but --max_source_length/--max_target_length let training pairs have {longest} tokens. "
                 f"Raise --max_position_embeddings to at least {longest}, or lower the length limits."
             )
-        return PosformerForConditionalGeneration(config)
+        model = PosformerForConditionalGeneration(config)
+        self._refuse_checkpoints_that_cannot_resume(model)
+        return model
+
+    def _refuse_checkpoints_that_cannot_resume(self, model: torch.nn.Module) -> None:
+        """FSDP2 with a FULL_STATE_DICT writes checkpoints that `load_state` cannot load into a model with tied
+        weights (torch's `set_model_state_dict(broadcast_from_rank0=True)` looks the tied names up among the
+        deduplicated parameters: KeyError); refuse before training rather than on the first resume."""
+        if not self.accelerator.is_fsdp2:
+            return
+        if self.accelerator.state.fsdp_plugin.state_dict_type != StateDictType.FULL_STATE_DICT:
+            return
+        if len(dict(model.named_parameters(remove_duplicate=False))) > len(dict(model.named_parameters())):
+            raise ValueError(
+                "FSDP2 with fsdp_state_dict_type FULL_STATE_DICT saves checkpoints that cannot be resumed for a "
+                "model with tied embeddings (a limitation of torch.distributed.checkpoint). Use "
+                "SHARDED_STATE_DICT, Accelerate's default (`accelerate launch --fsdp_state_dict_type "
+                "SHARDED_STATE_DICT`, or fsdp_state_dict_type in the Accelerate config); the export still writes "
+                "one safetensors file."
+            )
 
     # ------------------------------------------------------------------------------------------ loop
 
@@ -205,7 +226,8 @@ class Trainer:
                 )
                 window_loss, window_tokens, window_start = 0.0, 0, time.perf_counter()
             if self.step % args.eval_steps == 0 or self.step == args.max_steps:
-                self._log({"step": self.step, **self.evaluate("validation", self.data_args.max_eval_samples)})
+                scores = self.evaluate(self.full_model(), "validation", self.data_args.max_eval_samples)
+                self._log({"step": self.step, **scores})
             if self.step % args.save_steps == 0 or self.step == args.max_steps:
                 self.save_checkpoint()
         progress.close()
@@ -256,23 +278,35 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------------ evaluation
 
+    def full_model(self) -> PosformerForConditionalGeneration:
+        """The model with every weight on this process, to evaluate and export: the unwrapped model, or under FSDP
+        a copy gathered from the shards (a collective: every process calls it). Sharded, each forward would be an
+        all-gather that every process must join, which beam searches of different lengths cannot promise."""
+        model = self.accelerator.unwrap_model(self.model)
+        if self.accelerator.distributed_type != DistributedType.FSDP:
+            return model
+        weights = get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True))
+        copy = type(model)(model.config).to(self.accelerator.device)
+        copy.load_state_dict(weights)
+        return copy
+
     @torch.no_grad()
-    def evaluate(self, split: str, max_samples: int | None) -> dict[str, float]:
+    def evaluate(self, model: PosformerForConditionalGeneration, split: str, max_samples: int | None) -> dict:
         """Token-level loss over the split's pairs within the training length limits, and BLEU/chrF of
         beam-search translations of its first `max_samples` pairs (the loss is cheap; translating is what
-        `max_samples` bounds)."""
+        `max_samples` bounds). `model` is `full_model()`; the pairs are shared out over the processes."""
         pairs = self.splits[split]
         translated = pairs if max_samples is None else pairs.select(range(min(max_samples, len(pairs))))
-        model = self.accelerator.unwrap_model(self.model)
         model.eval()
         rank, processes = self.accelerator.process_index, self.accelerator.num_processes
         scored = self.loss_pairs(split)
         mine = scored.select(range(rank, len(scored), processes))
-        loss_sum, token_count = self._loss_sum(model, list(mine["source"]), list(mine["target"]))
+        shard = range(rank, len(translated), processes)
+        with self.accelerator.autocast():
+            loss_sum, token_count = self._loss_sum(model, list(mine["source"]), list(mine["target"]))
+            translations = self.translate(model, list(translated.select(shard)["source"]))
         loss_sum = self.accelerator.reduce(loss_sum, "sum").item()
         token_count = self.accelerator.reduce(token_count, "sum").item()
-        shard = range(rank, len(translated), processes)
-        translations = self.translate(model, list(translated.select(shard)["source"]))
         hypotheses = gather_object(list(zip(shard, translations, strict=True)))
         hypotheses = [text for _, text in sorted(hypotheses)]
         scores = self.metric.compute(predictions=hypotheses, references=list(translated["target"]))
@@ -364,13 +398,13 @@ class Trainer:
     def finish(self) -> dict:
         """Export the (averaged) model, score the test split, print sample translations, plot the curves."""
         accelerator, args = self.accelerator, self.args
-        model = accelerator.unwrap_model(self.model)
+        model = self.full_model()
         if args.average_last_checkpoints > 1:
             kept = checkpoints(self.output_dir)[-args.average_last_checkpoints :]
             model.load_state_dict(average_checkpoints(kept), strict=False)
         results: dict = {"step": self.step, "averaged_checkpoints": max(1, args.average_last_checkpoints)}
         if "test" in self.splits:
-            results.update(self.evaluate("test", self.data_args.max_test_samples))
+            results.update(self.evaluate(model, "test", self.data_args.max_test_samples))
             sources = list(self.splits["test"]["source"][: args.num_samples_to_show])
             results["samples"] = [
                 {"source": source, "translation": translation, "reference": reference}
