@@ -4,6 +4,7 @@ import shutil
 import subprocess
 
 import pytest
+from datasets import Dataset
 
 from posformer.configuration import PosformerConfig
 from posformer.training.arguments import MODEL_SIZES, build_config, parse_args
@@ -48,6 +49,44 @@ def test_resume_without_a_value_means_latest():
 def test_unknown_model_size_is_a_clear_error():
     with pytest.raises(ValueError, match="Unknown --model_size 'huge'. Choose one of: tiny, small, base, big"):
         parse_args(["--model_size", "huge"])
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["--eval_steps", "0"], r"--eval_steps must be at least 1, got 0"),
+        (["--max_steps", "-5"], r"--max_steps must be at least 1, got -5"),
+        (["--gradient_accumulation_steps", "0"], r"--gradient_accumulation_steps must be at least 1"),
+        (["--warmup_steps", "-1"], r"--warmup_steps must be at least 0"),
+        (["--max_grad_norm", "nan"], r"--max_grad_norm must be at least 0, got nan"),
+        (["--learning_rate", "0"], r"--learning_rate must be a positive number, got 0.0"),
+        (["--learning_rate", "inf"], r"--learning_rate must be a positive number, got inf"),
+        (["--adam_epsilon=-1e-9"], r"--adam_epsilon must be a positive number"),
+        (["--adam_beta2", "1.0"], r"--adam_beta2 must be in \[0, 1\), got 1.0"),
+        (["--label_smoothing", "-0.1"], r"--label_smoothing must be in \[0, 1\), got -0.1"),
+        (["--preprocessing_num_workers", "0"], r"--preprocessing_num_workers must be at least 1, got 0"),
+        (["--max_target_length", "1"], r"--max_target_length must be at least 2"),
+        (["--tokenizer_vocab_size", "3"], r"--tokenizer_vocab_size must be at least 5"),
+        (
+            ["--average_last_checkpoints", "5", "--save_total_limit", "3"],
+            r"--average_last_checkpoints 5 needs that many checkpoints, but --save_total_limit 3 keeps fewer",
+        ),
+    ],
+)
+def test_out_of_range_arguments_are_clear_errors(arguments, message):
+    with pytest.raises(ValueError, match=message):
+        parse_args(arguments)
+
+
+def test_preprocessing_workers_prepare_the_same_data(tmp_path):
+    """`--preprocessing_num_workers 2` (datasets' num_proc) tokenizes and filters exactly as one process does."""
+    from posformer.training.data import filter_by_length, tokenize_pairs, train_bpe_tokenizer
+
+    pairs = Dataset.from_list([{"source": f"open file {i} " * (i % 7), "target": f"Datei {i}"} for i in range(64)])
+    tokenizer = train_bpe_tokenizer(list(pairs["source"]) + list(pairs["target"]), vocab_size=60)
+    one, two = (filter_by_length(tokenize_pairs(pairs, tokenizer, "train", n), 12, 12, "train", n) for n in (None, 2))
+    assert 0 < len(one) < len(pairs)
+    assert one.to_list() == two.to_list()
 
 
 def test_console_script_help_explains_the_arguments():

@@ -1,6 +1,7 @@
 """The README's usage example runs as written, and the package installs only under `posformer.`"""
 
 import re
+import shlex
 import subprocess
 import sys
 import zipfile
@@ -19,6 +20,31 @@ def test_readme_usage_example_runs(tmp_path, monkeypatch):
     assert (tmp_path / "ckpt" / "model.safetensors").exists()
     assert namespace["ids"].shape[0] == 2
     assert namespace["again"].config._attn_implementation == "sdpa"
+
+
+def readme_training_commands() -> list[list[str]]:
+    """The arguments of every complete `posformer-train` / `-m posformer.training` command in the README's shell
+    blocks (continuation lines joined, comments dropped; commands ending in `...` are sketches and skipped, and
+    `--config FILE` names the user's file)."""
+    commands = []
+    for block in re.findall(r"```bash\n(.*?)```", (ROOT / "README.md").read_text(), flags=re.DOTALL):
+        for command in block.replace("\\\n", " ").splitlines():
+            command = command.split(" #", 1)[0].strip()
+            match = re.search(r"(?:^posformer-train|-m posformer\.training)\s(.*)", command)
+            if match and not command.endswith("...") and "--config" not in command:
+                commands.append(shlex.split(match.group(1)))
+    return commands
+
+
+def test_readme_training_commands_parse():
+    """Every training command the README shows is valid for the argument checks (e.g. it keeps as many
+    checkpoints as it averages)."""
+    from posformer.training.arguments import parse_args
+
+    commands = readme_training_commands()
+    assert any("wmt14" in command for command in commands), commands
+    for command in commands:
+        parse_args(command)
 
 
 def test_wheel_holds_only_namespaced_packages(tmp_path):

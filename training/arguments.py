@@ -8,6 +8,7 @@ YAML or JSON file (the command line wins over the file).
 
 import dataclasses
 import json
+import math
 import sys
 import types
 import typing
@@ -104,6 +105,10 @@ class DataArguments(DataSourceArguments):
         default=None, metadata={"help": "Load this tokenizer instead of training a shared BPE on the training data."}
     )
     tokenizer_vocab_size: int = field(default=8000, metadata={"help": "Vocabulary size of the trained BPE."})
+    preprocessing_num_workers: int | None = field(
+        default=None,
+        metadata={"help": "Processes that prepare, tokenize and length-filter the data (datasets' num_proc)."},
+    )
     max_source_length: int = field(default=128, metadata={"help": "Drop training pairs with longer sources."})
     max_target_length: int = field(default=128, metadata={"help": "Drop training pairs with longer targets."})
     max_train_samples: int | None = field(default=None, metadata={"help": "Use only this many training pairs."})
@@ -118,6 +123,18 @@ class DataArguments(DataSourceArguments):
         default=None,
         metadata={"help": "Test pairs translated for BLEU/chrF at the end (the loss: every pair within the limits)."},
     )
+
+    def __post_init__(self) -> None:
+        _check_at_least(
+            self,
+            tokenizer_vocab_size=5,  # the four special tokens and one more
+            preprocessing_num_workers=1,
+            max_source_length=2,  # one token and </s>
+            max_target_length=2,
+            max_train_samples=1,
+            max_eval_samples=1,
+            max_test_samples=1,
+        )
 
 
 @dataclass
@@ -159,6 +176,40 @@ class TrainingArguments:
     report_to: str = field(
         default="auto", metadata={"help": "Accelerate tracker: auto (tensorboard if installed), all, none."}
     )
+
+    def __post_init__(self) -> None:
+        _check_at_least(
+            self,
+            max_steps=1, max_tokens=1, gradient_accumulation_steps=1, warmup_steps=0, logging_steps=1, eval_steps=1,
+            save_steps=1, save_total_limit=1, average_last_checkpoints=1, num_beams=1, eval_batch_size=1,
+            num_samples_to_show=0, weight_decay=0, max_grad_norm=0,
+        )  # fmt: skip
+        for name in ("learning_rate", "adam_epsilon"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):
+                raise ValueError(f"--{name} must be a positive number, got {value}.")
+        _check_within(self, adam_beta1=(0, 1), adam_beta2=(0, 1), label_smoothing=(0, 1))
+        if self.average_last_checkpoints > self.save_total_limit:
+            raise ValueError(
+                f"--average_last_checkpoints {self.average_last_checkpoints} needs that many checkpoints, but "
+                f"--save_total_limit {self.save_total_limit} keeps fewer. Raise --save_total_limit."
+            )
+
+
+def _check_at_least(arguments, **minimums: float) -> None:
+    """`ValueError` naming the first argument below its minimum (NaN too; an unset `None` passes)."""
+    for name, minimum in minimums.items():
+        value = getattr(arguments, name)
+        if value is not None and not value >= minimum:
+            raise ValueError(f"--{name} must be at least {minimum}, got {value}.")
+
+
+def _check_within(arguments, **intervals: tuple[float, float]) -> None:
+    """`ValueError` naming the first argument outside its interval `[low, high)` (NaN and infinity are)."""
+    for name, (low, high) in intervals.items():
+        value = getattr(arguments, name)
+        if not (math.isfinite(value) and low <= value < high):
+            raise ValueError(f"--{name} must be in [{low}, {high}), got {value}.")
 
 
 def parse_args(argv: list[str] | None = None) -> tuple:

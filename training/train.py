@@ -17,7 +17,6 @@ Output folder:
 """
 
 import json
-import math
 import shutil
 import time
 from contextlib import nullcontext
@@ -40,6 +39,7 @@ from .data import (
     filter_by_length,
     load_or_train_tokenizer,
     load_parallel_data,
+    pair_lengths,
     prepare_splits,
     special_token_ids,
     tokenize_pairs,
@@ -120,7 +120,7 @@ class Trainer:
         self.model, self.optimizer = self.accelerator.prepare(self.model, self.optimizer)
         self.accelerator.register_for_checkpointing(self.scheduler)
         self.batches = TokenBatches(
-            lengths=[max(len(a), len(b)) for a, b in zip(self.train_ids, self.train_labels, strict=True)],
+            lengths=pair_lengths(self.train_pairs),
             max_tokens=train_args.max_tokens,
             seed=train_args.seed,
             process_index=self.accelerator.process_index,
@@ -149,17 +149,20 @@ class Trainer:
                 if accelerator.is_main_process:
                     with atomic_directory(tokenizer_dir) as folder:
                         tokenizer.save_pretrained(folder)
+            workers = data_args.preprocessing_num_workers
             train = filter_by_length(
-                tokenize_pairs(pairs["train"], tokenizer, "train"),
+                tokenize_pairs(pairs["train"], tokenizer, "train", workers),
                 data_args.max_source_length,
                 data_args.max_target_length,
+                "train",
+                workers,
             )
         if len(train) == 0:
             raise ValueError(
                 "No training pair fits --max_source_length/--max_target_length "
                 f"({data_args.max_source_length}/{data_args.max_target_length} tokens). Raise them."
             )
-        self.train_ids, self.train_labels = train["input_ids"], train["labels"]
+        self.train_pairs = train.select_columns(["input_ids", "labels"])
         return tokenizer, pairs
 
     def _build_model(self) -> PosformerForConditionalGeneration:
@@ -245,10 +248,7 @@ class Trainer:
         """
         accelerator, model = self.accelerator, self.model
         model.train()
-        features = [
-            [{"input_ids": self.train_ids[i], "labels": self.train_labels[i]} for i in batch] for batch in micro_batches
-        ]
-        inputs = [collate(batch, self.tokenizer.pad_token_id) for batch in features]
+        inputs = [collate(self.train_pairs[batch], self.tokenizer.pad_token_id) for batch in micro_batches]
         local_tokens = sum(int((batch["labels"] != -100).sum()) for batch in inputs)
         global_tokens = accelerator.reduce(torch.tensor(local_tokens, device=accelerator.device), "sum")
         step_loss = torch.zeros((), device=accelerator.device)
@@ -500,6 +500,4 @@ class Trainer:
 def main(argv: list[str] | None = None) -> dict:
     """Parse the command line, train, export; returns the final results."""
     model_args, data_args, train_args = parse_args(argv)
-    if not math.isfinite(train_args.learning_rate) or train_args.learning_rate <= 0:
-        raise ValueError(f"--learning_rate must be positive, got {train_args.learning_rate}.")
     return Trainer(model_args, data_args, train_args).train()
