@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from datasets import Dataset
 from safetensors.torch import load_file
 from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
@@ -243,6 +244,46 @@ def test_dataset_name_loads_a_dataset_repository(tmp_path):
     assert results["step"] == 2 and "test_bleu" in results
     card = (out / "model" / "README.md").read_text()
     assert str(repository) in card and "200 train" in card
+
+
+def cache_hub_dataset(cache: Path, repo_id: str, config_name: str, splits: dict[str, list[dict]]) -> None:
+    """Leave in the datasets cache `cache` what `load_dataset(repo_id, config_name)` leaves after a download from
+    the Hub of a parquet dataset (the layout of wmt/wmt14): `namespace___name/config/0.0.0/<hash>/` with the Arrow
+    splits and `dataset_info.json`, written by the same Parquet builder."""
+    from datasets.packaged_modules.parquet.parquet import Parquet
+
+    namespace, name = repo_id.split("/")
+    files = cache.parent / f"{name}-parquet"
+    files.mkdir()
+    for split, rows in splits.items():
+        Dataset.from_list(rows).to_parquet(files / f"{split}-00000-of-00001.parquet")
+    data_files = {split: str(files / f"{split}-00000-of-00001.parquet") for split in splits}
+    builder = Parquet(cache_dir=str(cache / "staging"), dataset_name=name, config_name=config_name,
+                      data_files=data_files, hash="0" * 40)  # fmt: skip
+    builder.download_and_prepare()
+    # a Hub load names the config folder plainly (its data files come from the repository card)
+    (cache / "staging" / name / builder.config_id).rename(cache / "staging" / name / config_name)
+    (cache / "staging" / name).rename(cache / f"{namespace}___{name}")
+
+
+def test_dataset_name_loads_a_hub_dataset_from_the_cache_offline(tmp_path):
+    """`--dataset_name wmt/wmt14 --dataset_config_name de-en` on a machine without network (HF_HUB_OFFLINE=1)
+    trains from the datasets cache that an earlier download left, `translation` column and all."""
+    cache = tmp_path / "datasets-cache"
+    splits = {"train": toy_pairs(200), "validation": toy_pairs(10, 500), "test": toy_pairs(10, 900)}
+    cache_hub_dataset(cache, "wmt/wmt14", "de-en", splits)
+    out = tmp_path / "run"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_CACHE": str(cache), "OMP_NUM_THREADS": "1"}
+    run = subprocess.run(
+        [sys.executable, "-m", "posformer.training", *TINY_MODEL, *FAST, "--dataset_name", "wmt/wmt14",
+         "--dataset_config_name", "de-en", "--output_dir", str(out), "--max_steps", "2", "--max_tokens", "128"],
+        env=env, cwd=tmp_path, capture_output=True, text=True,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+    results = json.loads((out / "results.json").read_text())
+    assert results["step"] == 2 and "test_bleu" in results
+    card = (out / "model" / "README.md").read_text()
+    assert "wmt/wmt14 de-en" in card and "200 train, 10 validation, 10 test" in card
 
 
 def test_evaluation_loss_covers_the_whole_split_whatever_the_translated_sample(tmp_path, toy_files):
