@@ -156,6 +156,26 @@ def test_fsdp_full_state_dict_checkpoints_that_could_not_resume_are_refused_befo
     assert not (out / "checkpoints").exists() and not (out / "model").exists()
 
 
+def test_a_step_the_fp16_loss_scaler_skips_does_not_advance_the_schedule(tmp_path, toy_files, monkeypatch):
+    """Under fp16 Accelerate's scaler skips an optimizer step whose gradients overflowed; the warmup then waits
+    for a real step (as transformers' Trainer does). Step 2 is reported skipped here."""
+    from accelerate import Accelerator
+
+    calls = {"n": 0}
+
+    def skipped(self) -> bool:
+        calls["n"] += 1
+        return calls["n"] == 2
+
+    monkeypatch.setattr(Accelerator, "optimizer_step_was_skipped", property(skipped))
+    out = tmp_path / "run"
+    main([*TINY_MODEL, *FAST, *toy_files, "--output_dir", str(out), "--max_steps", "4", "--eval_steps", "100",
+          "--warmup_steps", "10", "--learning_rate", "1e-3"])  # fmt: skip
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    rates = [record["learning_rate"] for record in records if "learning_rate" in record]
+    assert rates == pytest.approx([1e-4, 1e-4, 2e-4, 3e-4])  # linear warmup of 10 steps, step 2 not counted
+
+
 def test_nan_loss_stops_with_the_step_and_last_checkpoint(tmp_path, toy_files, monkeypatch):
     from posformer.modeling import PosformerForConditionalGeneration
 

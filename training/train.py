@@ -272,7 +272,8 @@ class Trainer:
         if self.args.max_grad_norm > 0:
             accelerator.clip_grad_norm_(model.parameters(), self.args.max_grad_norm)
         self.optimizer.step()
-        self.scheduler.step()
+        if not accelerator.optimizer_step_was_skipped:  # fp16: the loss scaler skips steps whose gradients overflow
+            self.scheduler.step()
         self.optimizer.zero_grad()
         return step_loss.item(), int(global_tokens)
 
