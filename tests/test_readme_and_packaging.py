@@ -72,3 +72,12 @@ def test_wheel_holds_only_namespaced_packages(tmp_path):
         assert f"posformer/{module}" in names
     assert "posformer/modeling/position_encodings.py" in names and "posformer/training/__init__.py" in names
     assert not any("tests/" in name for name in names)
+    # the metadata tells licence scanners what ships: Apache-2.0 code and the corpus under its catalogs' licences
+    (metadata,) = (name for name in names if name.endswith(".dist-info/METADATA"))
+    fields = zipfile.ZipFile(wheel).read(metadata).decode()
+    expression = re.search(r"^License-Expression: (.*)$", fields, flags=re.MULTILINE).group(1)
+    assert {"Apache-2.0", "GPL-2.0-only", "GPL-3.0-or-later", "LGPL-2.1-or-later"} <= set(expression.split(" AND "))
+    licence_files = set(re.findall(r"^License-File: (.*)$", fields, flags=re.MULTILINE))
+    assert licence_files == {"LICENSE", "training/corpus/en-de/README.md"}
+    for path in licence_files:
+        assert any(name.endswith(f".dist-info/licenses/{path}") for name in names), path
