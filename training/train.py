@@ -339,10 +339,10 @@ class Trainer:
                 return_tensors="pt",
             )  # fmt: skip
             labels = encoded["labels"].masked_fill(encoded["labels"] == self.tokenizer.pad_token_id, -100)
-            logits = model(
+            logits = model(  # no `labels`: the model's own (smoothed) loss would be computed and discarded
                 input_ids=encoded["input_ids"].to(total.device),
                 attention_mask=encoded["attention_mask"].to(total.device),
-                labels=labels.to(total.device),
+                decoder_input_ids=model.prepare_decoder_input_ids_from_labels(labels).to(total.device),
             ).logits
             total += torch.nn.functional.cross_entropy(
                 logits.float().flatten(0, 1), labels.to(total.device).flatten(), ignore_index=-100, reduction="sum"
