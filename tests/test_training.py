@@ -250,6 +250,34 @@ def test_mixed_precision_comes_from_accelerate(tmp_path, toy_files, monkeypatch)
     assert all(torch.isfinite(torch.tensor(list(losses(tmp_path / "run").values()))))
 
 
+def test_an_accelerate_dynamo_backend_compiles_training_and_exports_the_plain_model(tmp_path, toy_files, monkeypatch):
+    """`accelerate launch --dynamo_backend ...` compiles the model with `torch.compile`: training computes the same
+    losses (the `eager` backend runs the captured graphs as they are), while evaluation and export use the model
+    itself (before the fix, export refused the `OptimizedModule`)."""
+    from accelerate.state import AcceleratorState
+
+    backends = []
+    compile_model = torch.compile
+
+    def recording_compile(model, *args, **kwargs):
+        backends.append(kwargs.get("backend"))
+        return compile_model(model, *args, **kwargs)
+
+    common = [*TINY_MODEL, *FAST, *toy_files, "--max_steps", "3", "--eval_steps", "3", "--dropout", "0"]
+    reference = main([*common, "--output_dir", str(tmp_path / "plain")])
+    monkeypatch.setattr(torch, "compile", recording_compile)
+    monkeypatch.setenv("ACCELERATE_DYNAMO_BACKEND", "EAGER")
+    AcceleratorState._reset_state(reset_partial_state=True)
+    try:
+        results = main([*common, "--output_dir", str(tmp_path / "compiled")])
+    finally:
+        AcceleratorState._reset_state(reset_partial_state=True)
+    assert backends == ["eager"]
+    assert losses(tmp_path / "compiled") == pytest.approx(losses(tmp_path / "plain"), rel=1e-6)
+    assert results["test_loss"] == pytest.approx(reference["test_loss"], rel=1e-6)
+    assert AutoModelForSeq2SeqLM.from_pretrained(tmp_path / "compiled" / "model").config.position_encoding
+
+
 def test_dataset_name_loads_a_dataset_repository(tmp_path):
     """`--dataset_name` goes through `datasets.load_dataset(name, config)`; a dataset repository laid out as
     on the Hub (split-named files) stands in for one here, with two text columns instead of `translation`."""

@@ -282,8 +282,9 @@ class Trainer:
     def full_model(self) -> PosformerForConditionalGeneration:
         """The model with every weight on this process, to evaluate and export: the unwrapped model, or under FSDP
         a copy gathered from the shards (a collective: every process calls it). Sharded, each forward would be an
-        all-gather that every process must join, which beam searches of different lengths cannot promise."""
-        model = self.accelerator.unwrap_model(self.model)
+        all-gather that every process must join, which beam searches of different lengths cannot promise. Never the
+        `torch.compile` wrapper (an Accelerate `dynamo_backend`): generation's changing shapes would recompile it."""
+        model = self.accelerator.unwrap_model(self.model, keep_torch_compile=False)
         if self.accelerator.distributed_type != DistributedType.FSDP:
             return model
         weights = get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True))
