@@ -358,7 +358,10 @@ class Trainer:
         order = sorted(range(len(sources)), key=lambda i: len(sources[i]))
         translations: dict[int, str] = {}
         size = self.args.eval_batch_size
-        for start in range(0, len(order), size):
+        batches = tqdm(
+            range(0, len(order), size), desc="translating", leave=False, disable=not self.accelerator.is_main_process
+        )
+        for start in batches:
             indices = order[start : start + size]
             encoded = self.tokenizer(
                 [sources[i] for i in indices], padding=True, truncation=limit is not None, max_length=limit,
