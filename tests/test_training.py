@@ -14,6 +14,7 @@ from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
 from conftest import FAST_RUN, TINY_RUN, toy_data_arguments, toy_pairs, write_jsonl
 from posformer.training.export import LOSS_SERIES, SCORE_SERIES
+from posformer.training.export_cli import export_run
 from posformer.training.train import TrainingDivergedError, main
 
 TINY_MODEL, FAST = TINY_RUN, FAST_RUN
@@ -140,6 +141,9 @@ def test_fsdp_matches_one_process_resumes_exactly_and_averages_its_sharded_check
             torch.testing.assert_close(actual[name], expected[name], rtol=1e-4, atol=1e-5, msg=name)
     assert losses(resumed) == pytest.approx(losses(fsdp), rel=0, abs=0)
     for name, tensor in load_file(resumed / "model" / "model.safetensors").items():
+        assert torch.equal(tensor, actual[name]), name
+    exported = export_run(fsdp, tmp_path / "export", average_last=2)  # `posformer-export` joins the shards too
+    for name, tensor in load_file(exported / "model.safetensors").items():
         assert torch.equal(tensor, actual[name]), name
     translator = AutoModelForSeq2SeqLM.from_pretrained(fsdp / "model")
     tokenizer = AutoTokenizer.from_pretrained(fsdp / "model")
