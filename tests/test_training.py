@@ -15,7 +15,7 @@ from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 from conftest import FAST_RUN, TINY_RUN, toy_data_arguments, toy_pairs, write_jsonl
 from posformer.training.export import LOSS_SERIES, SCORE_SERIES
 from posformer.training.export_cli import export_run
-from posformer.training.train import TrainingDivergedError, main
+from posformer.training.train import TrainingDivergedError, checkpoints, main
 
 TINY_MODEL, FAST = TINY_RUN, FAST_RUN
 
@@ -180,6 +180,24 @@ def test_a_step_the_fp16_loss_scaler_skips_does_not_advance_the_schedule(tmp_pat
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     rates = [record["learning_rate"] for record in records if "learning_rate" in record]
     assert rates == pytest.approx([1e-4, 1e-4, 2e-4, 3e-4])  # linear warmup of 10 steps, step 2 not counted
+
+
+@pytest.mark.parametrize("damaged", ["model.safetensors", "optimizer.bin", "random_states_0.pkl"])
+def test_resuming_from_a_damaged_checkpoint_names_it_and_an_intact_earlier_one(tmp_path, toy_files, damaged):
+    common = [*TINY_MODEL, *FAST, *toy_files, "--save_steps", "2", "--eval_steps", "100"]
+    out = tmp_path / "run"
+    main([*common, "--output_dir", str(out), "--max_steps", "4"])
+    file = out / "checkpoints" / "checkpoint-4" / damaged
+    file.write_bytes(file.read_bytes()[: file.stat().st_size // 2])
+    with pytest.raises(ValueError, match=r"Cannot resume from .*checkpoint-4: .*The checkpoint is damaged") as error:
+        main([*common, "--output_dir", str(out), "--max_steps", "6", "--resume_from_checkpoint"])
+    assert f"--resume_from_checkpoint {out / 'checkpoints' / 'checkpoint-2'}" in str(error.value)
+    assert sorted(path.name for path in (out / "checkpoints").iterdir()) == ["checkpoint-2", "checkpoint-4"]
+    main([*common, "--output_dir", str(out), "--max_steps", "6", "--resume_from_checkpoint",
+          str(out / "checkpoints" / "checkpoint-2")])  # fmt: skip
+    assert sorted(losses(out)) == list(range(1, 7))  # steps 3-4 again from checkpoint-2, which replaced the damaged
+    assert [path.name for path in checkpoints(out)] == ["checkpoint-2", "checkpoint-4", "checkpoint-6"]
+    main([*common, "--output_dir", str(out), "--max_steps", "8", "--resume_from_checkpoint"])  # latest: intact again
 
 
 def test_nan_loss_stops_with_the_step_and_last_checkpoint(tmp_path, toy_files, monkeypatch):

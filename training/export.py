@@ -72,6 +72,8 @@ from ..modeling import POSITION_ENCODINGS
 
 MODEL_CARD_TEMPLATE = Path(__file__).resolve().parent / "model_card.md"
 WEIGHTS_NAME = "model.safetensors"
+# what reading a damaged checkpoint raises (safetensors, torch.load/pickle, torch.distributed.checkpoint, files)
+CHECKPOINT_READ_ERRORS = (SafetensorError, OSError, RuntimeError, EOFError, pickle.UnpicklingError, CheckpointException)
 # what a checkpoint folder may hold, in this order: single process or DDP, FSDP sharded (the default), FSDP full
 CHECKPOINT_WEIGHTS_NAMES = (WEIGHTS_NAME, f"{FSDP_MODEL_NAME}_0", f"{FSDP_MODEL_NAME}.bin")
 
@@ -194,11 +196,17 @@ def atomic_directory(final: Path) -> Iterator[Path]:
     staging.mkdir()
     try:
         yield staging
-        _fsync_tree(staging)
-        aside = _swap_in(staging, final)
+        replace_directory(staging, final)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+
+
+def replace_directory(staging: Path, final: Path) -> None:
+    """Flush the complete folder `staging` to disk and rename it to `final`, replacing a previous `final` (moved
+    aside, deleted only after the rename succeeded)."""
+    _fsync_tree(staging)
+    aside = _swap_in(staging, final)
     if aside is not None:
         shutil.rmtree(aside)
 
@@ -239,13 +247,14 @@ def _read_weights(file: Path) -> dict[str, torch.Tensor]:
         if file.suffix == ".bin":
             return torch.load(file, map_location="cpu", weights_only=True)
         return load_file(file, device="cpu")
-    except (SafetensorError, OSError, RuntimeError, CheckpointException, pickle.UnpicklingError) as error:
+    except CHECKPOINT_READ_ERRORS as error:
         raise ValueError(
-            f"Cannot read checkpoint weights {file}: {_reason(error)}. The checkpoint is truncated or corrupt."
+            f"Cannot read checkpoint weights {file}: {checkpoint_error_reason(error)}. "
+            "The checkpoint is truncated or corrupt."
         ) from error
 
 
-def _reason(error: BaseException) -> str:
+def checkpoint_error_reason(error: BaseException) -> str:
     """What went wrong, in one line: a `CheckpointException` names the error of each rank, not its traceback."""
     if isinstance(error, CheckpointException):
         return "; ".join(repr(failure) for failure, _ in error.failures.values())

@@ -25,6 +25,8 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 from accelerate.utils import DistributedType, gather_object, is_tensorboard_available, set_seed
+from accelerate.utils import load as load_accelerate_file
+from accelerate.utils.constants import RNG_STATE_NAME
 from datasets import Dataset
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 from torch.distributed.fsdp import StateDictType
@@ -44,7 +46,16 @@ from .data import (
     special_token_ids,
     tokenize_pairs,
 )
-from .export import atomic_directory, atomic_write_text, average_checkpoints, export_model, plot_training_curves
+from .export import (
+    CHECKPOINT_READ_ERRORS,
+    atomic_directory,
+    atomic_write_text,
+    average_checkpoints,
+    checkpoint_error_reason,
+    export_model,
+    plot_training_curves,
+    replace_directory,
+)
 from .metrics import load_translation_metric
 
 CHECKPOINT_PREFIX = "checkpoint-"
@@ -61,7 +72,12 @@ def checkpoints(output_dir: Path) -> list[Path]:
     """Complete checkpoints of a run, oldest first (a checkpoint is complete once its state file exists)."""
     folder = output_dir / "checkpoints"
     found = [path for path in folder.glob(f"{CHECKPOINT_PREFIX}*") if (path / STATE_FILE).is_file()]
-    return sorted(found, key=lambda path: int(path.name.removeprefix(CHECKPOINT_PREFIX)))
+    return sorted(found, key=checkpoint_step)
+
+
+def checkpoint_step(checkpoint: Path) -> int:
+    """The step of `checkpoints/checkpoint-N`: N."""
+    return int(checkpoint.name.removeprefix(CHECKPOINT_PREFIX))
 
 
 def resolve_resume(output_dir: Path, resume_from_checkpoint: str | None) -> Path | None:
@@ -128,14 +144,30 @@ class Trainer:
         )
         self.step = 0
         if self.resume_from is not None:
-            self.accelerator.load_state(str(self.resume_from))
-            self.step = json.loads((self.resume_from / STATE_FILE).read_text())["step"]
+            self._load_checkpoint(self.resume_from)
         self.last_checkpoint: Path | None = self.resume_from
         self.metric = load_translation_metric()
         self._loss_pairs: dict[str, Dataset] = {}
         self.started = time.perf_counter()
 
     # ------------------------------------------------------------------------------------------ setup
+
+    def _load_checkpoint(self, checkpoint: Path) -> None:
+        """Restore weights, optimizer, schedule, random states and the step; a damaged checkpoint is a clear error
+        that names an intact earlier one."""
+        try:
+            # Accelerate skips a damaged random-state file (and would resume with other dropout masks): read it first
+            load_accelerate_file(checkpoint / f"{RNG_STATE_NAME}_{self.accelerator.process_index}.pkl")
+            self.accelerator.load_state(str(checkpoint))
+        except CHECKPOINT_READ_ERRORS as error:
+            earlier = [path for path in checkpoints(self.output_dir) if path.name != checkpoint.name]
+            earlier = [path for path in earlier if checkpoint_step(path) < checkpoint_step(checkpoint)]
+            hint = f"--resume_from_checkpoint {earlier[-1]}" if earlier else "none is left; start a new run"
+            raise ValueError(
+                f"Cannot resume from {checkpoint}: {checkpoint_error_reason(error)}. The checkpoint is damaged "
+                f"(truncated, corrupt or incomplete). An earlier one: {hint}."
+            ) from error
+        self.step = json.loads((checkpoint / STATE_FILE).read_text())["step"]
 
     def _prepare_data(self):
         accelerator, data_args = self.accelerator, self.data_args
@@ -394,7 +426,7 @@ class Trainer:
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
             (staging / STATE_FILE).write_text(json.dumps({"step": self.step}))
-            staging.rename(final)
+            replace_directory(staging, final)  # a checkpoint of an abandoned continuation may hold the name
             for old in checkpoints(self.output_dir)[: -self.args.save_total_limit]:
                 shutil.rmtree(old)
         accelerator.wait_for_everyone()
