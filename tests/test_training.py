@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -67,13 +68,25 @@ def test_resume_continues_exactly(tmp_path, toy_files):
     main([*common, "--output_dir", str(interrupted), "--max_steps", "4"])
     with pytest.raises(ValueError, match="already holds a run.*--resume_from_checkpoint latest"):
         main([*common, "--output_dir", str(interrupted)])
-    main([*common, "--output_dir", str(interrupted), "--resume_from_checkpoint"])  # no value: the latest
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        main([*common, "--output_dir", str(interrupted), "--resume_from_checkpoint"])  # no value: the latest
+    assert not [warning for warning in caught if "another data order" in str(warning.message)]
     assert losses(interrupted) == pytest.approx(losses(straight), rel=0, abs=0)
     expected = load_file(straight / "checkpoints" / "checkpoint-8" / "model.safetensors")
     actual = load_file(interrupted / "checkpoints" / "checkpoint-8" / "model.safetensors")
     assert expected.keys() == actual.keys()
     for name in expected:
         assert torch.equal(expected[name], actual[name]), name
+
+
+def test_resuming_with_another_batch_size_warns_that_the_data_order_changes(tmp_path, toy_files):
+    common = [*TINY_MODEL, *FAST, *toy_files, "--save_steps", "2", "--eval_steps", "100"]
+    out = tmp_path / "run"
+    main([*common, "--output_dir", str(out), "--max_steps", "2", "--max_tokens", "128"])
+    with pytest.warns(UserWarning, match=r"another data order \(max_tokens 128 -> 256\).* after step 2 are not"):
+        main([*common, "--output_dir", str(out), "--max_steps", "3", "--max_tokens", "256", "--resume_from_checkpoint"])
+    assert sorted(losses(out)) == [1, 2, 3]
 
 
 @pytest.mark.slow

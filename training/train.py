@@ -19,6 +19,7 @@ Output folder:
 import json
 import shutil
 import time
+import warnings
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -167,7 +168,27 @@ class Trainer:
                 f"Cannot resume from {checkpoint}: {checkpoint_error_reason(error)}. The checkpoint is damaged "
                 f"(truncated, corrupt or incomplete). An earlier one: {hint}."
             ) from error
-        self.step = json.loads((checkpoint / STATE_FILE).read_text())["step"]
+        state = json.loads((checkpoint / STATE_FILE).read_text())
+        self.step = state["step"]
+        now = self._data_order()
+        changed = {name: before for name, before in state.get("data_order", {}).items() if now.get(name) != before}
+        if changed:
+            differences = ", ".join(f"{name} {before} -> {now.get(name)}" for name, before in changed.items())
+            warnings.warn(
+                f"Resuming {checkpoint} with another data order ({differences}): training continues correctly, but "
+                f"its batches after step {self.step} are not those of the uninterrupted run.",
+                stacklevel=2,
+            )
+
+    def _data_order(self) -> dict[str, int]:
+        """What decides which pairs make up the batch of each step (saved with every checkpoint)."""
+        return {
+            "seed": self.args.seed,
+            "max_tokens": self.args.max_tokens,
+            "gradient_accumulation_steps": self.args.gradient_accumulation_steps,
+            "num_processes": self.accelerator.num_processes,
+            "training_pairs": len(self.train_pairs),
+        }
 
     def _prepare_data(self):
         accelerator, data_args = self.accelerator, self.data_args
@@ -425,7 +446,7 @@ class Trainer:
         accelerator.save_state(str(staging))
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
-            (staging / STATE_FILE).write_text(json.dumps({"step": self.step}))
+            (staging / STATE_FILE).write_text(json.dumps({"step": self.step, "data_order": self._data_order()}))
             replace_directory(staging, final)  # a checkpoint of an abandoned continuation may hold the name
             for old in checkpoints(self.output_dir)[: -self.args.save_total_limit]:
                 shutil.rmtree(old)
