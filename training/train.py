@@ -156,28 +156,32 @@ class Trainer:
     def _load_checkpoint(self, checkpoint: Path) -> None:
         """Restore weights, optimizer, schedule, random states and the step; a damaged checkpoint is a clear error
         that names an intact earlier one."""
+        state = json.loads((checkpoint / STATE_FILE).read_text())
         try:
             # Accelerate skips a damaged random-state file (and would resume with other dropout masks): read it first
             load_accelerate_file(checkpoint / f"{RNG_STATE_NAME}_{self.accelerator.process_index}.pkl")
             self.accelerator.load_state(str(checkpoint))
         except CHECKPOINT_READ_ERRORS as error:
-            earlier = [path for path in checkpoints(self.output_dir) if path.name != checkpoint.name]
-            earlier = [path for path in earlier if checkpoint_step(path) < checkpoint_step(checkpoint)]
+            earlier = [path for path in checkpoints(self.output_dir) if checkpoint_step(path) < state["step"]]
             hint = f"--resume_from_checkpoint {earlier[-1]}" if earlier else "none is left; start a new run"
             raise ValueError(
                 f"Cannot resume from {checkpoint}: {checkpoint_error_reason(error)}. The checkpoint is damaged "
                 f"(truncated, corrupt or incomplete). An earlier one: {hint}."
             ) from error
-        state = json.loads((checkpoint / STATE_FILE).read_text())
         self.step = state["step"]
+        self._warn_if_the_data_order_changed(checkpoint, state.get("data_order", {}))
+
+    def _warn_if_the_data_order_changed(self, checkpoint: Path, saved: dict[str, int]) -> None:
+        """Resuming on another number of processes (or batch size, ...) is legitimate, but the batches after the
+        checkpoint then differ from those of the uninterrupted run: say so."""
         now = self._data_order()
-        changed = {name: before for name, before in state.get("data_order", {}).items() if now.get(name) != before}
+        changed = {name: before for name, before in saved.items() if now.get(name) != before}
         if changed:
             differences = ", ".join(f"{name} {before} -> {now.get(name)}" for name, before in changed.items())
             warnings.warn(
                 f"Resuming {checkpoint} with another data order ({differences}): training continues correctly, but "
                 f"its batches after step {self.step} are not those of the uninterrupted run.",
-                stacklevel=2,
+                stacklevel=3,
             )
 
     def _data_order(self) -> dict[str, int]:
