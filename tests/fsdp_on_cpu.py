@@ -25,7 +25,10 @@ def _init_with_fsdp_on_cpu(self, *args, **kwargs) -> None:
     # the state is re-initialised (without the plugin) by later `AcceleratorState()` calls: keep the plugin
     plugin = kwargs.get("fsdp_plugin") or getattr(self, "_fsdp_plugin_on_cpu", None)
     if plugin is not None and self.distributed_type == DistributedType.MULTI_CPU:
+        # what AcceleratorState does for FSDP on GPUs
         self.distributed_type = DistributedType.FSDP
+        if self._mixed_precision != "no" and kwargs.get("fsdp_plugin") is not None:
+            plugin.set_mixed_precision(self._mixed_precision)
         self.fsdp_plugin = self._fsdp_plugin_on_cpu = plugin
 
 

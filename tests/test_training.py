@@ -165,6 +165,22 @@ def test_fsdp_matches_one_process_resumes_exactly_and_averages_its_sharded_check
 
 
 @pytest.mark.slow
+def test_fsdp_bf16_logs_float32_losses_that_follow_the_float32_run(tmp_path, toy_files):
+    """Accelerate's FSDP2 bf16 policy computes in bf16 and casts the model's outputs to bf16; the loop takes the
+    loss from the logits itself, so the logged losses keep float32 resolution and stay near those of one float32
+    process with the same batches. A loss returned by the model would reach the loop in bf16: each process's
+    share (between 1 and 4 here) on bf16's grid of 1/128 or coarser, and so their sum."""
+    common = [*TINY_MODEL, *FAST, *toy_files, "--max_steps", "4", "--save_steps", "100", "--eval_steps", "100",
+              "--dropout", "0", "--max_tokens", "128"]  # fmt: skip
+    main([*common, "--output_dir", str(tmp_path / "fp32"), "--gradient_accumulation_steps", "2"])
+    run = launch_fsdp_on_cpu([*common, "--output_dir", str(tmp_path / "bf16")], tmp_path, "--mixed_precision", "bf16")
+    assert run.returncode == 0, run.stderr[-3000:]
+    full, half = losses(tmp_path / "fp32"), losses(tmp_path / "bf16")
+    assert half == pytest.approx(full, rel=2e-2) and half != pytest.approx(full, rel=1e-5)  # bf16 did compute
+    assert any((loss * 128) % 1 for loss in half.values())
+
+
+@pytest.mark.slow
 def test_fsdp_full_state_dict_checkpoints_that_could_not_resume_are_refused_before_training(tmp_path, toy_files):
     out = tmp_path / "run"
     arguments = [*TINY_MODEL, *FAST, *toy_files, "--max_steps", "2", "--output_dir", str(out)]
@@ -224,7 +240,7 @@ def test_nan_loss_stops_with_the_step_and_last_checkpoint(tmp_path, toy_files, m
         if self.training:
             calls["n"] += 1
             if calls["n"] == 5:
-                out.loss = out.loss * float("nan")
+                out.logits = out.logits * float("nan")  # the loss of this step becomes NaN
         return out
 
     monkeypatch.setattr(PosformerForConditionalGeneration, "forward", poisoned)

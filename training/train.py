@@ -35,6 +35,7 @@ from tqdm.auto import tqdm
 from transformers import AutoTokenizer, get_inverse_sqrt_schedule
 
 from ..modeling import POSITION_ENCODINGS, PosformerForConditionalGeneration
+from ..modeling.modeling_posformer import seq2seq_loss
 from .arguments import build_config, parse_args
 from .data import (
     TokenBatches,
@@ -135,6 +136,7 @@ class Trainer:
         # stepped once per optimizer step by us, not by Accelerate (which steps it once per process)
         self.scheduler = get_inverse_sqrt_schedule(self.optimizer, num_warmup_steps=train_args.warmup_steps)
         self.model, self.optimizer = self.accelerator.prepare(self.model, self.optimizer)
+        self.decoder_inputs = self.accelerator.unwrap_model(self.model).prepare_decoder_input_ids_from_labels
         self.accelerator.register_for_checkpointing(self.scheduler)
         self.batches = TokenBatches(
             lengths=pair_lengths(self.train_pairs),
@@ -313,7 +315,11 @@ class Trainer:
             last = index == len(inputs) - 1
             with nullcontext() if last else accelerator.no_sync(model):
                 batch = {name: tensor.to(accelerator.device) for name, tensor in batch.items()}
-                loss = model(**batch, num_items_in_batch=global_tokens).loss
+                labels = batch.pop("labels")
+                # the loss is taken here, not inside the model: FSDP's bf16 policy casts the model's outputs, which
+                # would round a loss returned by the model to bf16 (about 0.03 at 4.6)
+                logits = model(**batch, decoder_input_ids=self.decoder_inputs(labels)).logits
+                loss = seq2seq_loss(logits, labels, self.args.label_smoothing, global_tokens)
                 # data parallelism averages gradients over processes; the loss is already a global mean
                 accelerator.backward(loss * accelerator.num_processes)
             step_loss += loss.detach()
