@@ -127,13 +127,14 @@ def launch_fsdp_on_cpu(arguments: list[str], cwd: Path, *options: str) -> subpro
 
 @pytest.mark.slow
 def test_fsdp_matches_one_process_resumes_exactly_and_averages_its_sharded_checkpoints(tmp_path, toy_files):
-    """FSDP2 over two processes accumulating two batches each, one unit per layer (`_no_split_modules`) and the
-    tied embeddings in the root unit, computes what one process accumulating the same four batches computes; its
+    """FSDP2 over two processes accumulating two batches each, one unit per layer (`_no_split_modules`), the tied
+    embeddings and T5's bias tables (computed once per stack) outside them, computes what one process accumulating
+    the same four batches computes; its
     sharded checkpoints resume exactly and average into the exported model; evaluation and export run on weights
     gathered from the shards."""
     common = [*TINY_MODEL, *FAST, *toy_files, "--max_steps", "6", "--save_steps", "3", "--eval_steps", "3",
               "--dropout", "0", "--max_tokens", "128", "--average_last_checkpoints", "2",
-              "--gradient_accumulation_steps", "2"]  # fmt: skip
+              "--gradient_accumulation_steps", "2", "--position_encoding", "t5"]  # fmt: skip
     one, fsdp, resumed = tmp_path / "one", tmp_path / "fsdp", tmp_path / "resumed"
     reference = main([*common, "--output_dir", str(one), "--gradient_accumulation_steps", "4"])
     for arguments in ([*common, "--output_dir", str(fsdp)], [*common, "--output_dir", str(resumed), "--max_steps", "3"],
