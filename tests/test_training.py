@@ -2,8 +2,10 @@
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 import warnings
 from pathlib import Path
 
@@ -16,7 +18,7 @@ from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 from conftest import FAST_RUN, TINY_RUN, toy_data_arguments, toy_pairs, write_jsonl
 from posformer.training.export import LOSS_SERIES, SCORE_SERIES
 from posformer.training.export_cli import export_run
-from posformer.training.train import TrainingDivergedError, checkpoints, main
+from posformer.training.train import TrainingDivergedError, TrainingStoppedError, checkpoints, main
 
 TINY_MODEL, FAST = TINY_RUN, FAST_RUN
 
@@ -228,6 +230,62 @@ def test_resuming_from_a_damaged_checkpoint_names_it_and_an_intact_earlier_one(t
     assert sorted(losses(out)) == list(range(1, 7))  # steps 3-4 again from checkpoint-2, which replaced the damaged
     assert [path.name for path in checkpoints(out)] == ["checkpoint-2", "checkpoint-4", "checkpoint-6"]
     main([*common, "--output_dir", str(out), "--max_steps", "8", "--resume_from_checkpoint"])  # latest: intact again
+
+
+def test_sigterm_saves_the_last_step_and_the_run_resumes_exactly(tmp_path, toy_files, monkeypatch):
+    """A scheduler's SIGTERM during step 3 lets the step finish, saves checkpoint-3 and stops; resuming gives the
+    losses and weights of the uninterrupted run. The previous SIGTERM handler comes back."""
+    from posformer.modeling import PosformerForConditionalGeneration
+
+    common = [*TINY_MODEL, *FAST, *toy_files, "--max_steps", "6", "--save_steps", "100", "--eval_steps", "100",
+              "--dropout", "0.1"]  # fmt: skip
+    straight, interrupted = tmp_path / "straight", tmp_path / "interrupted"
+    main([*common, "--output_dir", str(straight)])
+    original, calls = PosformerForConditionalGeneration.forward, {"n": 0}
+
+    def forward(self, *args, **kwargs):
+        if self.training:
+            calls["n"] += 1
+            if calls["n"] == 3:
+                os.kill(os.getpid(), signal.SIGTERM)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(PosformerForConditionalGeneration, "forward", forward)
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(TrainingStoppedError, match=r"SIGTERM received: the run stopped after step 3, .*checkpoint-3"):
+        main([*common, "--output_dir", str(interrupted)])
+    assert signal.getsignal(signal.SIGTERM) is before
+    assert [path.name for path in checkpoints(interrupted)] == ["checkpoint-3"] and not (interrupted / "model").exists()
+    monkeypatch.undo()
+    main([*common, "--output_dir", str(interrupted), "--resume_from_checkpoint"])
+    assert losses(interrupted) == pytest.approx(losses(straight), rel=0, abs=0)
+    expected, actual = (load_file(run / "model" / "model.safetensors") for run in (straight, interrupted))
+    for name in expected:
+        assert torch.equal(expected[name], actual[name]), name
+
+
+@pytest.mark.slow
+def test_sigterm_to_accelerate_launch_stops_every_process_after_a_checkpoint(tmp_path, toy_files):
+    """`accelerate launch` (torchrun) forwards SIGTERM to its processes, which agree to stop at the same step."""
+    out = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "true"}
+    launch = subprocess.Popen(
+        [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+         "-m", "posformer.training", *TINY_MODEL, *FAST, *toy_files, "--output_dir", str(out),
+         "--max_steps", "100000", "--save_steps", "100000", "--eval_steps", "100000"],
+        env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    metrics, waited = out / "metrics.jsonl", 0.0
+    while not (metrics.is_file() and len(metrics.read_text().splitlines()) >= 3) and waited < 120:
+        assert launch.poll() is None, launch.communicate()[1][-3000:]
+        time.sleep(0.2)
+        waited += 0.2
+    launch.send_signal(signal.SIGTERM)
+    _, stderr = launch.communicate(timeout=120)
+    assert "SIGTERM received: the run stopped after step" in stderr, stderr[-3000:]
+    (checkpoint,) = checkpoints(out)
+    assert json.loads((checkpoint / "trainer_state.json").read_text())["step"] == max(losses(out))
+    assert not (out / "model").exists()
 
 
 def test_nan_loss_stops_with_the_step_and_last_checkpoint(tmp_path, toy_files, monkeypatch):

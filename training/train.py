@@ -18,9 +18,12 @@ Output folder:
 
 import json
 import shutil
+import signal
+import threading
 import time
 import warnings
-from contextlib import nullcontext
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import torch
@@ -68,6 +71,27 @@ CARD_FILE = "card.json"  # the run's model-card values, for `posformer-export`
 
 class TrainingDivergedError(RuntimeError):
     """The loss became NaN or infinite: the run stops before the bad update is applied."""
+
+
+class TrainingStoppedError(RuntimeError):
+    """SIGTERM (a scheduler preempting the job or ending its time) stopped the run, after a checkpoint of its last
+    complete step."""
+
+
+@contextmanager
+def stop_requests(signals: tuple[signal.Signals, ...] = (signal.SIGTERM,)) -> Iterator[threading.Event]:
+    """An event that one of `signals` sets while the block runs (the handlers before it come back after). Only the
+    main thread can install handlers: elsewhere the event is never set and the signals keep their handlers."""
+    requested = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield requested
+        return
+    previous = {number: signal.signal(number, lambda *_: requested.set()) for number in signals}
+    try:
+        yield requested
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
 
 
 def checkpoints(output_dir: Path) -> list[Path]:
@@ -266,37 +290,54 @@ class Trainer:
         )
         batches = self.batches.iterate(start=self.step * args.gradient_accumulation_steps)
         window_loss, window_tokens, window_start = 0.0, 0, time.perf_counter()
-        while self.step < args.max_steps:
-            loss, tokens = self._train_step([next(batches) for _ in range(args.gradient_accumulation_steps)])
-            self.step += 1
-            window_loss += loss * tokens
-            window_tokens += tokens
-            progress.update(1)
-            if self.step % args.logging_steps == 0 or self.step == args.max_steps:
-                elapsed = time.perf_counter() - window_start
-                record = {
-                    "step": self.step,
-                    "train_loss": window_loss / window_tokens,
-                    "learning_rate": self.scheduler.get_last_lr()[0],
-                    "target_tokens_per_second": window_tokens / elapsed,
-                }
-                self._log(record)
-                progress.set_postfix(
-                    loss=f"{record['train_loss']:.3f}",
-                    lr=f"{record['learning_rate']:.2e}",
-                    tok_s=f"{window_tokens / elapsed:.0f}",
-                )
-                window_loss, window_tokens, window_start = 0.0, 0, time.perf_counter()
-            if self.step % args.eval_steps == 0 or self.step == args.max_steps:
-                scores = self.evaluate(self.full_model(), "validation", self.data_args.max_eval_samples)
-                self._log({"step": self.step, **scores})
-            if self.step % args.save_steps == 0 or self.step == args.max_steps:
-                self.save_checkpoint()
+        with stop_requests() as stop:
+            while self.step < args.max_steps:
+                if self._any_process(stop.is_set()):
+                    self._stop_with_a_checkpoint()
+                loss, tokens = self._train_step([next(batches) for _ in range(args.gradient_accumulation_steps)])
+                self.step += 1
+                window_loss += loss * tokens
+                window_tokens += tokens
+                progress.update(1)
+                if self.step % args.logging_steps == 0 or self.step == args.max_steps:
+                    elapsed = time.perf_counter() - window_start
+                    record = {
+                        "step": self.step,
+                        "train_loss": window_loss / window_tokens,
+                        "learning_rate": self.scheduler.get_last_lr()[0],
+                        "target_tokens_per_second": window_tokens / elapsed,
+                    }
+                    self._log(record)
+                    progress.set_postfix(
+                        loss=f"{record['train_loss']:.3f}",
+                        lr=f"{record['learning_rate']:.2e}",
+                        tok_s=f"{window_tokens / elapsed:.0f}",
+                    )
+                    window_loss, window_tokens, window_start = 0.0, 0, time.perf_counter()
+                if self.step % args.eval_steps == 0 or self.step == args.max_steps:
+                    scores = self.evaluate(self.full_model(), "validation", self.data_args.max_eval_samples)
+                    self._log({"step": self.step, **scores})
+                if self.step % args.save_steps == 0 or self.step == args.max_steps:
+                    self.save_checkpoint()
         progress.close()
         accelerator.wait_for_everyone()
         results = self.finish()
         accelerator.end_training()
         return results
+
+    def _any_process(self, flag: bool) -> bool:
+        """Whether `flag` is set on any process (a collective: every process asks at the same point)."""
+        return bool(self.accelerator.reduce(torch.tensor(int(flag), device=self.accelerator.device), "sum").item())
+
+    def _stop_with_a_checkpoint(self) -> None:
+        """SIGTERM reached a process: save this step (unless just saved) and stop with `TrainingStoppedError`."""
+        if self.last_checkpoint is None or checkpoint_step(self.last_checkpoint) != self.step:
+            self.save_checkpoint()
+        self.accelerator.end_training()
+        raise TrainingStoppedError(
+            f"SIGTERM received: the run stopped after step {self.step}, saved in {self.last_checkpoint}. Continue it "
+            f"with --resume_from_checkpoint latest (same --output_dir)."
+        )
 
     def _train_step(self, micro_batches: list[list[int]]) -> tuple[float, int]:
         """One optimizer step over this process's micro-batches; returns the global mean loss and token count.
