@@ -24,6 +24,7 @@ import time
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -71,6 +72,19 @@ CARD_FILE = "card.json"  # the run's model-card values, for `posformer-export`
 
 class TrainingDivergedError(RuntimeError):
     """The loss became NaN or infinite: the run stops before the bad update is applied."""
+
+
+@dataclass
+class LossWindow:
+    """The steps since the last log line: token-weighted loss sum, target tokens, start time."""
+
+    loss_sum: float = 0.0
+    tokens: int = 0
+    started: float = field(default_factory=time.perf_counter)
+
+    def add(self, mean_loss: float, tokens: int) -> None:
+        self.loss_sum += mean_loss * tokens
+        self.tokens += tokens
 
 
 class TrainingStoppedError(RuntimeError):
@@ -283,47 +297,53 @@ class Trainer:
     # ------------------------------------------------------------------------------------------ loop
 
     def train(self) -> dict:
+        """Train to `--max_steps` (logging, evaluating and saving on schedule), then `finish()`."""
         args, accelerator = self.args, self.accelerator
         accelerator.init_trackers("posformer", config=self._hyperparameters())
         progress = tqdm(
             total=args.max_steps, initial=self.step, desc="training", disable=not accelerator.is_main_process
         )
         batches = self.batches.iterate(start=self.step * args.gradient_accumulation_steps)
-        window_loss, window_tokens, window_start = 0.0, 0, time.perf_counter()
+        window = LossWindow()
         with stop_requests() as stop:
             while self.step < args.max_steps:
                 if self._any_process(stop.is_set()):
                     self._stop_with_a_checkpoint()
-                loss, tokens = self._train_step([next(batches) for _ in range(args.gradient_accumulation_steps)])
+                window.add(*self._train_step([next(batches) for _ in range(args.gradient_accumulation_steps)]))
                 self.step += 1
-                window_loss += loss * tokens
-                window_tokens += tokens
                 progress.update(1)
-                if self.step % args.logging_steps == 0 or self.step == args.max_steps:
-                    elapsed = time.perf_counter() - window_start
-                    record = {
-                        "step": self.step,
-                        "train_loss": window_loss / window_tokens,
-                        "learning_rate": self.scheduler.get_last_lr()[0],
-                        "target_tokens_per_second": window_tokens / elapsed,
-                    }
-                    self._log(record)
-                    progress.set_postfix(
-                        loss=f"{record['train_loss']:.3f}",
-                        lr=f"{record['learning_rate']:.2e}",
-                        tok_s=f"{window_tokens / elapsed:.0f}",
-                    )
-                    window_loss, window_tokens, window_start = 0.0, 0, time.perf_counter()
-                if self.step % args.eval_steps == 0 or self.step == args.max_steps:
+                if self._due(args.logging_steps):
+                    self._log_training(window, progress)
+                    window = LossWindow()
+                if self._due(args.eval_steps):
                     scores = self.evaluate(self.full_model(), "validation", self.data_args.max_eval_samples)
                     self._log({"step": self.step, **scores})
-                if self.step % args.save_steps == 0 or self.step == args.max_steps:
+                if self._due(args.save_steps):
                     self.save_checkpoint()
         progress.close()
         accelerator.wait_for_everyone()
         results = self.finish()
         accelerator.end_training()
         return results
+
+    def _due(self, every: int) -> bool:
+        """Whether a periodic action falls on this step (the last step always does)."""
+        return self.step % every == 0 or self.step == self.args.max_steps
+
+    def _log_training(self, window: LossWindow, progress: tqdm) -> None:
+        elapsed = time.perf_counter() - window.started
+        record = {
+            "step": self.step,
+            "train_loss": window.loss_sum / window.tokens,
+            "learning_rate": self.scheduler.get_last_lr()[0],
+            "target_tokens_per_second": window.tokens / elapsed,
+        }
+        self._log(record)
+        progress.set_postfix(
+            loss=f"{record['train_loss']:.3f}",
+            lr=f"{record['learning_rate']:.2e}",
+            tok_s=f"{record['target_tokens_per_second']:.0f}",
+        )
 
     def _any_process(self, flag: bool) -> bool:
         """Whether `flag` is set on any process (a collective: every process asks at the same point)."""
