@@ -1,4 +1,5 @@
-"""Smoke test of benchmarks/speed.py at tiny sizes: it runs and writes finite, positive ratios. No timing asserts."""
+"""Smoke tests of benchmarks/speed.py and data_access.py at tiny sizes: they run and write finite, positive figures.
+No timing asserts."""
 
 import importlib.util
 import json
@@ -33,3 +34,12 @@ def test_speed_benchmark_writes_its_table(tmp_path, capsys):
     assert results["profile"]["training step"]["posformer"]["optimizer (AdamW)"] > 0
     assert results["profile"]["greedy generation"]["posformer"]["optimizer (AdamW)"] == 0
     assert "| where the time goes (ms) |" in printed
+
+
+def test_data_access_benchmark_checks_its_two_ways_agree_and_prints_its_table(capsys):
+    spec = importlib.util.spec_from_file_location("data_access", SCRIPT.with_name("data_access.py"))
+    data_access = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(data_access)
+    results = data_access.main(["--pairs", "500", "--batch_size", "64", "--rounds", "1"])  # asserts equal results
+    assert all(seconds > 0 for times in results.values() for seconds in times.values())
+    assert "| one padded batch of 64 pairs |" in capsys.readouterr().out

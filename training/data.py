@@ -7,9 +7,11 @@ become `source` / `target` strings; anything else is a clear error naming the co
 
 import os
 import random
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
+import numpy as np
+import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 from datasets import Dataset, DatasetDict, load_dataset
@@ -244,19 +246,21 @@ def pair_lengths(pairs: Dataset) -> list[int]:
     return pc.max_element_wise(*sides).to_pylist()
 
 
-def collate(rows: Mapping[str, list[list[int]]], pad_token_id: int) -> dict[str, torch.Tensor]:
-    """Right-pad `input_ids` (with the pad id, plus `attention_mask`) and `labels` (with -100).
+def collate(rows: pa.Table, pad_token_id: int) -> dict[str, torch.Tensor]:
+    """A batch from the Arrow rows of tokenized pairs (`dataset.with_format("arrow")[indices]`: one take per
+    batch): `input_ids` right-padded with the pad id, its `attention_mask`, and `labels` right-padded with -100.
+    Padding is vectorised (no Python loop over pairs or tokens)."""
+    input_ids, lengths = _right_padded(rows["input_ids"], pad_token_id)
+    labels, _ = _right_padded(rows["labels"], -100)
+    attention_mask = (torch.arange(input_ids.shape[1]) < lengths[:, None]).long()
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
 
-    `rows` is columnar, as `dataset[indices]` returns it: `{"input_ids": [...], "labels": [...]}`, one entry per
-    pair (one Arrow take per batch, not one lookup per pair).
-    """
 
-    def pad(sequences: list[list[int]], value: int) -> torch.Tensor:
-        longest = max(len(sequence) for sequence in sequences)
-        return torch.tensor([sequence + [value] * (longest - len(sequence)) for sequence in sequences])
-
-    return {
-        "input_ids": pad(rows["input_ids"], pad_token_id),
-        "attention_mask": pad([[1] * len(ids) for ids in rows["input_ids"]], 0),
-        "labels": pad(rows["labels"], -100),
-    }
+def _right_padded(column: pa.ChunkedArray, value: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """`(n, longest)` int64 tensor of the column's `n` lists right-padded with `value`, and their `(n,)` lengths."""
+    lists = column.combine_chunks()
+    lengths = torch.from_numpy(pc.list_value_length(lists).to_numpy(zero_copy_only=False).astype(np.int64))
+    values = torch.from_numpy(lists.flatten().to_numpy(zero_copy_only=False).astype(np.int64))
+    padded = torch.full((len(lengths), int(lengths.max())), value, dtype=torch.long)
+    padded[torch.arange(padded.shape[1]) < lengths[:, None]] = values
+    return padded, lengths

@@ -259,7 +259,7 @@ class Trainer:
                 "No training pair fits --max_source_length/--max_target_length "
                 f"({data_args.max_source_length}/{data_args.max_target_length} tokens). Raise them."
             )
-        self.train_pairs = train.select_columns(["input_ids", "labels"])
+        self.train_pairs = train.select_columns(["input_ids", "labels"]).with_format("arrow")
         return tokenizer, pairs
 
     def _build_model(self) -> PosformerForConditionalGeneration:
