@@ -11,12 +11,10 @@ Median of `--rounds` rounds.
 """
 
 import argparse
-import json
 import random
 import statistics
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
 from datasets import Dataset
@@ -103,12 +101,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--pairs", type=int, default=400_000, help="Tokenized pairs in the synthetic split.")
     parser.add_argument("--batch_size", type=int, default=800, help="Pairs per batch.")
     parser.add_argument("--rounds", type=int, default=5, help="Rounds per operation (median reported).")
-    parser.add_argument("--out", type=Path, default=None, help="Write the results as JSON here.")
     args = parser.parse_args(argv)
     results = benchmark(args.pairs, args.batch_size, args.rounds)
     print(table(results))
-    if args.out is not None:
-        args.out.write_text(json.dumps(results, indent=2))
     return results
 
 
