@@ -74,6 +74,11 @@ class TrainingDivergedError(RuntimeError):
     """The loss became NaN or infinite: the run stops before the bad update is applied."""
 
 
+class TrainingStoppedError(RuntimeError):
+    """SIGTERM (a scheduler preempting the job or ending its time) stopped the run, after a checkpoint of its last
+    complete step."""
+
+
 @dataclass
 class LossWindow:
     """The steps since the last log line: token-weighted loss sum, target tokens, start time."""
@@ -85,11 +90,6 @@ class LossWindow:
     def add(self, mean_loss: float, tokens: int) -> None:
         self.loss_sum += mean_loss * tokens
         self.tokens += tokens
-
-
-class TrainingStoppedError(RuntimeError):
-    """SIGTERM (a scheduler preempting the job or ending its time) stopped the run, after a checkpoint of its last
-    complete step."""
 
 
 @contextmanager
@@ -187,6 +187,7 @@ class Trainer:
         if self.resume_from is not None:
             self._load_checkpoint(self.resume_from)
         self.last_checkpoint: Path | None = self.resume_from
+        self.saved_step: int | None = self.step if self.resume_from is not None else None
         self.metric = load_translation_metric()
         self._loss_pairs: dict[str, Dataset] = {}
         self.started = time.perf_counter()
@@ -351,7 +352,7 @@ class Trainer:
 
     def _stop_with_a_checkpoint(self) -> None:
         """SIGTERM reached a process: save this step (unless just saved) and stop with `TrainingStoppedError`."""
-        if self.last_checkpoint is None or checkpoint_step(self.last_checkpoint) != self.step:
+        if self.saved_step != self.step:
             self.save_checkpoint()
         self.accelerator.end_training()
         raise TrainingStoppedError(
@@ -469,9 +470,7 @@ class Trainer:
                 attention_mask=encoded["attention_mask"].to(total.device),
                 decoder_input_ids=model.prepare_decoder_input_ids_from_labels(labels).to(total.device),
             ).logits
-            total += torch.nn.functional.cross_entropy(
-                logits.float().flatten(0, 1), labels.to(total.device).flatten(), ignore_index=-100, reduction="sum"
-            )
+            total += seq2seq_loss(logits, labels, label_smoothing=0.0, num_items_in_batch=1)  # the sum
             count += (labels != -100).sum().to(total.device)
         return total, count
 
@@ -522,7 +521,7 @@ class Trainer:
             for old in checkpoints(self.output_dir)[: -self.args.save_total_limit]:
                 shutil.rmtree(old)
         accelerator.wait_for_everyone()
-        self.last_checkpoint = final
+        self.last_checkpoint, self.saved_step = final, self.step
 
     def finish(self) -> dict:
         """Export the (averaged) model, score the test split, print sample translations, plot the curves."""
