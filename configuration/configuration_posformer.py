@@ -11,6 +11,8 @@ from huggingface_hub.dataclasses import strict
 from transformers import PreTrainedConfig
 from transformers.activations import ACT2FN
 
+from .transformers_compat import CACHE_NAME
+
 
 @strict
 class PosformerConfig(PreTrainedConfig):
@@ -28,7 +30,7 @@ class PosformerConfig(PreTrainedConfig):
     """
 
     model_type = "posformer"
-    keys_to_ignore_at_inference = ["past_key_values"]
+    keys_to_ignore_at_inference = [CACHE_NAME]  # the Trainer leaves the cache out of predictions
     attribute_map = {
         "hidden_size": "d_model",
         "num_attention_heads": "encoder_attention_heads",

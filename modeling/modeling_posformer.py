@@ -39,6 +39,7 @@ from transformers.utils.generic import merge_with_config_defaults
 from transformers.utils.output_capturing import OutputRecorder, capture_outputs
 
 from ..configuration.configuration_posformer import PosformerConfig
+from ..configuration.transformers_compat import CACHE_NAME, resolve_cache
 from .position_encodings import (
     POSITION_ENCODINGS,
     AttentionPositions,
@@ -129,7 +130,7 @@ class PosformerAttention(nn.Module):
         hidden_states: torch.Tensor,
         key_value_states: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
-        past_key_values: Cache | None = None,
+        cache: Cache | None = None,
         positions: AttentionPositions | None = None,
         **kwargs,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -138,14 +139,12 @@ class PosformerAttention(nn.Module):
         input_shape = hidden_states.shape[:-1]
         query = self.q_proj(hidden_states).view(*input_shape, -1, self.head_dim).transpose(1, 2)  # (B, H, q, D)
 
-        cache = past_key_values
-        if isinstance(past_key_values, EncoderDecoderCache):
-            cache = (
-                past_key_values.cross_attention_cache if is_cross_attention else past_key_values.self_attention_cache
-            )
-        if is_cross_attention and cache is not None and past_key_values.is_updated.get(self.layer_idx):
+        layer_cache = cache
+        if isinstance(cache, EncoderDecoderCache):
+            layer_cache = cache.cross_attention_cache if is_cross_attention else cache.self_attention_cache
+        if is_cross_attention and layer_cache is not None and cache.is_updated.get(self.layer_idx):
             # the encoder's keys and values were projected at the first step; reuse them
-            key, value = cache.layers[self.layer_idx].keys, cache.layers[self.layer_idx].values
+            key, value = layer_cache.layers[self.layer_idx].keys, layer_cache.layers[self.layer_idx].values
         else:
             source = key_value_states if is_cross_attention else hidden_states
             kv_shape = (*source.shape[:-1], -1, self.head_dim)
@@ -153,10 +152,10 @@ class PosformerAttention(nn.Module):
             value = self.v_proj(source).view(kv_shape).transpose(1, 2)
             if positions is not None and positions.rotary is not None:
                 query, key = apply_rotary(query, key, *positions.rotary)
-            if cache is not None:
-                key, value = cache.update(key, value, self.layer_idx)
+            if layer_cache is not None:
+                key, value = layer_cache.update(key, value, self.layer_idx)
                 if is_cross_attention:
-                    past_key_values.is_updated[self.layer_idx] = True
+                    cache.is_updated[self.layer_idx] = True
 
         position_bias = positions.bias if positions is not None else None
         if self.relative_term is not None:
@@ -285,25 +284,24 @@ class PosformerDecoderLayer(PosformerLayer):
         attention_mask: torch.Tensor | None = None,
         encoder_hidden_states: torch.Tensor | None = None,
         encoder_attention_mask: torch.Tensor | None = None,
-        past_key_values: Cache | None = None,
         positions: AttentionPositions | None = None,
+        cache: Cache | None = None,
+        past_key_values: Cache | None = None,
         **kwargs,
     ) -> torch.Tensor:
+        """The stack passes the cache under the installed transformers' name (`CACHE_NAME`), which is the keyword
+        `GradientCheckpointingLayer` clears when it recomputes this layer."""
+        cache = resolve_cache(cache, past_key_values)
+
         def self_attention(x: torch.Tensor) -> torch.Tensor:
-            return self.self_attn(
-                x,
-                attention_mask=attention_mask,
-                past_key_values=past_key_values,
-                positions=positions,
-                **kwargs,
-            )[0]
+            return self.self_attn(x, attention_mask=attention_mask, cache=cache, positions=positions, **kwargs)[0]
 
         def cross_attention(x: torch.Tensor) -> torch.Tensor:
             return self.encoder_attn(
                 x,
                 key_value_states=encoder_hidden_states,
                 attention_mask=encoder_attention_mask,
-                past_key_values=past_key_values,
+                cache=cache,
                 **kwargs,
             )[0]
 
@@ -525,27 +523,26 @@ class PosformerDecoder(PosformerStack):
         attention_mask: torch.Tensor | None = None,
         encoder_hidden_states: torch.Tensor | None = None,
         encoder_attention_mask: torch.Tensor | None = None,
-        past_key_values: Cache | None = None,
+        cache: Cache | None = None,
         inputs_embeds: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
         use_cache: bool | None = None,
+        past_key_values: Cache | None = None,
         **kwargs,
     ) -> BaseModelOutputWithPastAndCrossAttentions:
         """`(B, T)` target ids attending to `(B, S, d)` encoder states -> `(B, T, d)`.
 
         Positions continue at the cache's length `P`: `position_ids` `(B|1, T)` defaults to `P .. P+T-1`,
         and the cached tokens are taken to sit right before the first new position (so explicit,
-        shifted positions stay consistent step after step).
+        shifted positions stay consistent step after step). The cache comes as `cache` or `past_key_values`
+        ([`resolve_cache`]) and goes back in the output field of the installed transformers' name.
         """
+        cache = resolve_cache(cache, past_key_values)
         reference = input_ids if input_ids is not None else inputs_embeds
         length = reference.shape[1]
-        if use_cache and past_key_values is None:
-            past_key_values = EncoderDecoderCache(DynamicCache(config=self.config), DynamicCache(config=self.config))
-        self_attention_cache = (
-            past_key_values.self_attention_cache
-            if isinstance(past_key_values, EncoderDecoderCache)
-            else past_key_values
-        )
+        if use_cache and cache is None:
+            cache = EncoderDecoderCache(DynamicCache(config=self.config), DynamicCache(config=self.config))
+        self_attention_cache = cache.self_attention_cache if isinstance(cache, EncoderDecoderCache) else cache
         past_length = self_attention_cache.get_seq_length() if self_attention_cache is not None else 0
         if position_ids is None:
             position_ids = default_positions(length, past_length, reference.device)
@@ -558,10 +555,10 @@ class PosformerDecoder(PosformerStack):
         hidden_states = self.embed(input_ids, inputs_embeds, position_ids)
         positions = self.position_encoding.attention_positions(position_ids, key_positions)
         causal_mask = create_causal_mask(
-            config=self.config,
-            inputs_embeds=hidden_states,
-            attention_mask=attention_mask,
-            past_key_values=self_attention_cache,
+            self.config,
+            hidden_states,
+            attention_mask,
+            self_attention_cache,  # positional: the argument is `cache` from transformers 5.24 on
             # an attention that runs eagerly under another implementation needs the mask spelled out
             allow_is_causal_skip=not self.self_attention_runs_eager,
         )
@@ -577,12 +574,12 @@ class PosformerDecoder(PosformerStack):
                 causal_mask,
                 encoder_hidden_states,  # positional: a checkpoint input under gradient checkpointing
                 encoder_attention_mask=encoder_attention_mask,
-                past_key_values=past_key_values,
                 positions=positions,
+                **{CACHE_NAME: cache},
                 **kwargs,
             )
         return BaseModelOutputWithPastAndCrossAttentions(
-            last_hidden_state=self.finish(hidden_states), past_key_values=past_key_values
+            last_hidden_state=self.finish(hidden_states), **{CACHE_NAME: cache}
         )
 
 
@@ -618,14 +615,16 @@ class PosformerModel(PosformerPreTrainedModel):
         decoder_input_ids: torch.LongTensor | None = None,
         decoder_attention_mask: torch.Tensor | None = None,
         encoder_outputs: tuple[torch.Tensor] | BaseModelOutput | None = None,
-        past_key_values: Cache | None = None,
+        cache: Cache | None = None,
         inputs_embeds: torch.Tensor | None = None,
         decoder_inputs_embeds: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
         decoder_position_ids: torch.LongTensor | None = None,
         use_cache: bool | None = None,
+        past_key_values: Cache | None = None,
         **kwargs,
     ) -> Seq2SeqModelOutput:
+        """The encoder-decoder forward; the cache comes as `cache` or `past_key_values` ([`resolve_cache`])."""
         if encoder_outputs is None:
             encoder_outputs = self.encoder(
                 input_ids=input_ids,
@@ -645,7 +644,7 @@ class PosformerModel(PosformerPreTrainedModel):
             attention_mask=decoder_attention_mask,
             encoder_hidden_states=encoder_outputs.last_hidden_state,
             encoder_attention_mask=attention_mask,
-            past_key_values=past_key_values,
+            cache=resolve_cache(cache, past_key_values),
             inputs_embeds=decoder_inputs_embeds,
             position_ids=decoder_position_ids,
             use_cache=use_cache,
@@ -653,7 +652,7 @@ class PosformerModel(PosformerPreTrainedModel):
         )
         return Seq2SeqModelOutput(
             last_hidden_state=decoder_outputs.last_hidden_state,
-            past_key_values=decoder_outputs.past_key_values,
+            **{CACHE_NAME: getattr(decoder_outputs, CACHE_NAME)},
             decoder_hidden_states=decoder_outputs.hidden_states,
             decoder_attentions=decoder_outputs.attentions,
             cross_attentions=decoder_outputs.cross_attentions,
@@ -735,7 +734,7 @@ class PosformerForConditionalGeneration(PosformerPreTrainedModel, GenerationMixi
         """Used by `DataCollatorForSeq2Seq` to build `decoder_input_ids`."""
         return shift_tokens_right(labels, self.config.pad_token_id, self.config.decoder_start_token_id)
 
-    def _reorder_cache(self, past_key_values: Cache, beam_idx: torch.LongTensor) -> Cache:
+    def _reorder_cache(self, cache: Cache, beam_idx: torch.LongTensor) -> Cache:
         """Beam search's per-step cache reordering (called by `GenerationMixin`), for the self-attention cache only.
 
         `beam_idx` `(B * beams,)` only ever moves beams within their own sentence, and the beams of a sentence share
@@ -743,11 +742,9 @@ class PosformerForConditionalGeneration(PosformerPreTrainedModel, GenerationMixi
         them, as `EncoderDecoderCache.reorder_cache` does, copies `2 * layers` tensors of `(B * beams, H, S, D)`
         every step and changes nothing.
         """
-        cache = past_key_values
-        if isinstance(past_key_values, EncoderDecoderCache):
-            cache = past_key_values.self_attention_cache
-        cache.reorder_cache(beam_idx)
-        return past_key_values
+        self_attention_cache = cache.self_attention_cache if isinstance(cache, EncoderDecoderCache) else cache
+        self_attention_cache.reorder_cache(beam_idx)
+        return cache
 
     @can_return_tuple
     def forward(
@@ -757,17 +754,20 @@ class PosformerForConditionalGeneration(PosformerPreTrainedModel, GenerationMixi
         decoder_input_ids: torch.LongTensor | None = None,
         decoder_attention_mask: torch.Tensor | None = None,
         encoder_outputs: tuple[torch.Tensor] | BaseModelOutput | None = None,
-        past_key_values: Cache | None = None,
+        cache: Cache | None = None,
         inputs_embeds: torch.Tensor | None = None,
         decoder_inputs_embeds: torch.Tensor | None = None,
         labels: torch.LongTensor | None = None,
         position_ids: torch.LongTensor | None = None,
         decoder_position_ids: torch.LongTensor | None = None,
         use_cache: bool | None = None,
+        past_key_values: Cache | None = None,
         **kwargs,
     ) -> Seq2SeqLMOutput:
         """`labels` `(B, T)` (-100 = ignore) give the loss and, when no decoder inputs are passed, the
-        decoder inputs (labels shifted right behind `decoder_start_token_id`)."""
+        decoder inputs (labels shifted right behind `decoder_start_token_id`). The cache comes as `cache` (what
+        `generate` passes from transformers 5.24 on) or `past_key_values` (before), and goes back in the output field
+        of the installed transformers' name."""
         num_items_in_batch = kwargs.pop("num_items_in_batch", None)
         if labels is not None:
             use_cache = False
@@ -779,7 +779,7 @@ class PosformerForConditionalGeneration(PosformerPreTrainedModel, GenerationMixi
             decoder_input_ids=decoder_input_ids,
             decoder_attention_mask=decoder_attention_mask,
             encoder_outputs=encoder_outputs,
-            past_key_values=past_key_values,
+            cache=resolve_cache(cache, past_key_values),
             inputs_embeds=inputs_embeds,
             decoder_inputs_embeds=decoder_inputs_embeds,
             position_ids=position_ids,
@@ -794,7 +794,7 @@ class PosformerForConditionalGeneration(PosformerPreTrainedModel, GenerationMixi
         return Seq2SeqLMOutput(
             loss=loss,
             logits=logits,
-            past_key_values=outputs.past_key_values,
+            **{CACHE_NAME: getattr(outputs, CACHE_NAME)},
             decoder_hidden_states=outputs.decoder_hidden_states,
             decoder_attentions=outputs.decoder_attentions,
             cross_attentions=outputs.cross_attentions,

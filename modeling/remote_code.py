@@ -23,10 +23,11 @@ from types import ModuleType
 
 from transformers import PreTrainedConfig
 
-from ..configuration import configuration_posformer
+from ..configuration import configuration_posformer, transformers_compat
 from . import modeling_posformer, pipeline_posformer, position_encodings
 
 SOURCE_MODULES: tuple[ModuleType, ...] = (
+    transformers_compat,
     configuration_posformer,
     modeling_posformer,
     position_encodings,
@@ -36,6 +37,8 @@ SOURCE_MODULES: tuple[ModuleType, ...] = (
 
 RELATIVE_IMPORTS: dict[str, str] = {
     "..configuration.configuration_posformer": ".configuration_posformer",
+    "..configuration.transformers_compat": ".transformers_compat",
+    ".transformers_compat": ".transformers_compat",
     "..modeling.position_encodings": ".position_encodings",
     ".position_encodings": ".position_encodings",
 }

@@ -29,7 +29,13 @@ from posformer.training.data import train_bpe_tokenizer
 
 REPO_ID = "org/name"
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
-CODE_FILES = {"configuration_posformer.py", "modeling_posformer.py", "position_encodings.py", "pipeline_posformer.py"}
+CODE_FILES = {
+    "transformers_compat.py",
+    "configuration_posformer.py",
+    "modeling_posformer.py",
+    "position_encodings.py",
+    "pipeline_posformer.py",
+}
 SENTENCES = [
     "the cat sat on the mat",
     "a dog runs in the park",
@@ -214,7 +220,11 @@ def test_saved_code_imports_only_its_own_files(tmp_path: Path, model_class: type
         (
             "from ..configuration.configuration_posformer import PosformerConfig",
             "from .configuration_posformer import PosformerConfig",
-        )
+        ),
+        (
+            "from ..configuration.transformers_compat import CACHE_NAME, resolve_cache",
+            "from .transformers_compat import CACHE_NAME, resolve_cache",
+        ),
     ]
     assert json.loads((tmp_path / "config.json").read_text())["auto_map"] == remote_code.auto_map()
 
