@@ -6,8 +6,8 @@ transformers they have). This file sits at the root of that code's imports, so i
 older release could not build:
 
 - `require_supported_transformers()` fails at once, with the `pip install -U` that fixes it, under a release older
-  than the floor (5.0 cannot even define the config class; 5.2 added `capture_outputs`, 5.15 the
-  `allow_is_causal_skip` of `create_causal_mask`).
+  than the floor. (5.0 cannot define the config class; 5.2 added `capture_outputs`, 5.15 the `allow_is_causal_skip`
+  of `create_causal_mask`, 5.20 the `Pipeline._prepare_generate_kwargs` that the translation pipeline uses.)
 - `CACHE_NAME` is what the installed release calls the key/value cache. transformers 5.24 renamed the forward
   argument and the output field `past_key_values` to `cache` (with deprecation shims until 5.40): `generate` passes
   `cache=` and reads `outputs["cache"]`, `GradientCheckpointingLayer` clears `kwargs["cache"]`, and the Trainer skips
@@ -21,7 +21,7 @@ from transformers.cache_utils import Cache
 from transformers.modeling_outputs import Seq2SeqLMOutput
 from transformers.utils.versions import require_version
 
-MINIMUM_TRANSFORMERS = "5.15.0"
+MINIMUM_TRANSFORMERS = "5.20.0"
 """The oldest transformers release the whole test suite passes on (`.ci/run` tests it and the newest)."""
 
 

@@ -1,13 +1,26 @@
 """Shared fixtures: tiny configurations keep the fast suite fast."""
 
 import json
+import logging
+from importlib import metadata
 from pathlib import Path
 
 import pytest
 import torch
+from transformers.utils import logging as transformers_logging
 
 import posformer.modeling  # noqa: F401  (registers the Auto classes)
 from posformer.configuration import PosformerConfig
+
+REPORTED_PACKAGES = ("torch", "transformers", "accelerate", "datasets", "tokenizers", "huggingface_hub", "evaluate")
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    """The releases the suite ran on, above pytest's closing line even under `-q` (CI runs it on the newest and on
+    the floor versions)."""
+    releases = ", ".join(f"{name} {metadata.version(name)}" for name in REPORTED_PACKAGES)
+    terminalreporter.write_line(f"posformer tested on: {releases}")
+
 
 TINY = dict(
     vocab_size=99,
@@ -31,9 +44,43 @@ def tiny_config(position_encoding: str = "sinusoidal", **overrides) -> Posformer
     return PosformerConfig(**{**TINY, "position_encoding": position_encoding, **overrides})
 
 
+def enable_activation_checkpointing(model: torch.nn.Module) -> None:
+    """Gradient checkpointing on every layer: `activation_checkpointing_enable` from transformers 5.23 on (which
+    deprecates `gradient_checkpointing_enable`), `gradient_checkpointing_enable` before."""
+    enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
+    enable()
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+class _DeprecationRecords(logging.Handler):
+    """Collects what transformers logs as deprecated (it logs some deprecations instead of warning, e.g. the
+    `past_key_values` names of its outputs from 5.24 on)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if "deprecat" in record.getMessage().lower():
+            self.messages.append(record.getMessage())
+
+
+@pytest.fixture(autouse=True)
+def fail_on_logged_deprecations():
+    """A deprecation that transformers logs during a test fails it, as pyproject's `filterwarnings` fails one that
+    it warns about. (transformers logs each message once per process: the first test that causes it fails.)"""
+    records = _DeprecationRecords()
+    library_logger = transformers_logging.get_logger("transformers")
+    library_logger.addHandler(records)
+    try:
+        yield
+    finally:
+        library_logger.removeHandler(records)
+    assert not records.messages, f"transformers logged a deprecation: {records.messages}"
 
 
 # A training run in about a second: `posformer.training.train.main([*TINY_RUN, *FAST_RUN, ...])`.

@@ -4,11 +4,22 @@ smooths labels exactly once, and gradient accumulation gives the update of the e
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from datasets import Dataset
 from safetensors.torch import load_file
-from transformers import AutoModelForSeq2SeqLM, AutoTokenizer, EvalPrediction, PreTrainedModel
+from transformers import (
+    AutoModelForSeq2SeqLM,
+    AutoTokenizer,
+    EvalPrediction,
+    PreTrainedModel,
+    Seq2SeqTrainer,
+    Seq2SeqTrainingArguments,
+)
 
+from conftest import tiny_config
+from posformer.modeling import PosformerForConditionalGeneration
 from posformer.training import train
 from posformer.training.corpus import load_builtin_corpus
 from posformer.training.finetune import main, translation_metrics
@@ -146,3 +157,25 @@ def test_evaluation_without_a_validation_split_is_a_clear_error(checkpoint, tmp_
         main(["--model_name_or_path", str(checkpoint), "--output_dir", str(tmp_path / "run"), *QUIET,
               "--train_file", str(train_file), "--eval_strategy", "steps", "--max_steps", "1"])  # fmt: skip
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("num_beams", [1, 3])
+def test_seq2seq_trainer_predicts_what_uncached_generation_gives(tmp_path, num_beams):
+    """`Seq2SeqTrainer(predict_with_generate=True)` generates through the cache as the installed transformers
+    drives it; on weights where attention matters (init_std 0.2) its predictions are uncached `generate`'s. Without
+    generation, the Trainer leaves the cache out of what it predicts (`config.keys_to_ignore_at_inference`)."""
+    model = PosformerForConditionalGeneration(tiny_config("rope", init_std=0.2)).eval()
+    source = torch.randint(4, 99, (4, 9))
+    target = torch.randint(4, 99, (4, 6))
+    rows = Dataset.from_dict({"input_ids": source.tolist(), "decoder_input_ids": target.tolist()})
+    arguments = dict(output_dir=str(tmp_path), report_to="none", disable_tqdm=True, use_cpu=True, use_cache=True)
+    arguments |= dict(per_device_eval_batch_size=4, generation_num_beams=num_beams, generation_max_length=12)
+    generating = Seq2SeqTrainer(model=model, args=Seq2SeqTrainingArguments(**arguments, predict_with_generate=True))
+    predicted = torch.as_tensor(generating.predict(rows.remove_columns("decoder_input_ids")).predictions)
+    expected = model.generate(source, max_length=12, num_beams=num_beams, use_cache=False)
+    assert expected.shape[1] > 6  # several steps decoded with the history
+    assert torch.equal(predicted[:, : expected.shape[1]], expected)
+
+    plain = Seq2SeqTrainer(model=model, args=Seq2SeqTrainingArguments(**arguments))
+    predictions = plain.predict(rows).predictions  # the logits and the encoder output, as for Marian
+    assert [(type(array), array.shape) for array in predictions] == [(np.ndarray, (4, 6, 99)), (np.ndarray, (4, 9, 32))]

@@ -13,6 +13,7 @@ import torch
 from transformers import GenerationConfig, MarianConfig, MarianMTModel
 
 from conftest import tiny_config
+from posformer.configuration.transformers_compat import CACHE_NAME
 from posformer.modeling import PosformerForConditionalGeneration
 
 SIZES = dict(
@@ -143,8 +144,9 @@ def test_cached_decoding_matches_marian_step_by_step(marian, posformer, batch):
         token = batch["decoder_input_ids"][:, step : step + 1]
         logits = {}
         for name, model in (("marian", marian), ("posformer", posformer)):
-            out = model(**encoder_inputs, decoder_input_ids=token, past_key_values=caches.get(name), use_cache=True)
-            caches[name] = out.past_key_values
+            # under the installed transformers' name for the cache, as its `generate` passes it
+            out = model(**encoder_inputs, decoder_input_ids=token, use_cache=True, **{CACHE_NAME: caches.get(name)})
+            caches[name] = getattr(out, CACHE_NAME)
             logits[name] = out.logits
         torch.testing.assert_close(logits["posformer"], logits["marian"], atol=1e-4, rtol=0)
 

@@ -4,10 +4,12 @@ so an encoding added to the registry is covered without new test code."""
 import pytest
 import torch
 from transformers import AutoModelForSeq2SeqLM
+from transformers.cache_utils import DynamicCache, EncoderDecoderCache
 from transformers.modeling_outputs import Seq2SeqLMOutput, Seq2SeqModelOutput
 
-from conftest import tiny_config
-from posformer.modeling import POSITION_ENCODINGS, PosformerForConditionalGeneration, PosformerModel
+from conftest import enable_activation_checkpointing, tiny_config
+from posformer.configuration.transformers_compat import CACHE_NAME
+from posformer.modeling import POSITION_ENCODINGS, PosformerForConditionalGeneration, PosformerModel, modeling_posformer
 from posformer.modeling.modeling_posformer import TokenCrossEntropy
 
 ENCODINGS = sorted(POSITION_ENCODINGS)
@@ -33,6 +35,13 @@ def build(position_encoding: str, attn_implementation: str = "sdpa", **overrides
     return model.eval()
 
 
+# Weights under which attention moves the residual stream. At the default init_std (0.02) a decoder that lost its
+# history still scores like one that kept it (random `rope` and `t5` models within 1e-7 of each other: only what
+# enters the residual stream directly, like `sinusoidal`'s positions, shows), so the cache tests use 0.2, where
+# dropping the history moves every encoding's scores by 1 or more (`test_the_cache_tests_see_a_lost_history`).
+ATTENTION_MATTERS = {"init_std": 0.2}
+
+
 def batch(batch_size: int = 3, src_len: int = 9, tgt_len: int = 7):
     """Right-padded sources (row 1 has 3 pads, row 2 has 1) and targets, ids 4..98 (0-3 are special)."""
     src = torch.randint(4, 99, (batch_size, src_len))
@@ -44,39 +53,96 @@ def batch(batch_size: int = 3, src_len: int = 9, tgt_len: int = 7):
     return src, mask, tgt
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("encoding", ENCODINGS)
-def test_cached_generation_equals_uncached(encoding, backend):
-    model = build(encoding, backend)
+GREEDY, BEAM, SAMPLING = {"num_beams": 1}, {"num_beams": 3}, {"do_sample": True, "top_k": 0}
+
+
+def assert_cached_generation_equals_uncached(model: PosformerForConditionalGeneration, **generation) -> None:
+    """`generate` with and without the cache (as the installed transformers drives it: `cache=` from 5.24 on,
+    `past_key_values=` before) gives the same tokens and the same per-step scores; beam search reorders the cache
+    after every step, so its scores also check the reordering."""
     src, mask, _ = batch()
-    for kwargs in ({"num_beams": 1}, {"num_beams": 3}):
-        cached = model.generate(src, attention_mask=mask, max_new_tokens=8, min_new_tokens=8, use_cache=True, **kwargs)
-        uncached = model.generate(
-            src, attention_mask=mask, max_new_tokens=8, min_new_tokens=8, use_cache=False, **kwargs
+    results = []
+    for use_cache in (True, False):
+        torch.manual_seed(3)  # the same draws for sampling
+        out = model.generate(
+            src,
+            attention_mask=mask,
+            max_new_tokens=8,
+            min_new_tokens=8,
+            use_cache=use_cache,
+            output_scores=True,
+            return_dict_in_generate=True,
+            **generation,
         )
-        assert torch.equal(cached, uncached), kwargs
+        results.append((out.sequences, torch.stack(out.scores)))
+    (cached, cached_scores), (uncached, uncached_scores) = results
+    assert torch.equal(cached, uncached), generation
+    torch.testing.assert_close(cached_scores, uncached_scores, atol=1e-4, rtol=1e-4, msg=str(generation))
 
 
-@pytest.mark.parametrize("encoding", ENCODINGS)
-def test_cached_step_logits_equal_full_forward(encoding):
-    """Feeding the target one token at a time through the cache gives the full forward's logits."""
-    model = build(encoding)
+def decode_step_by_step(model: PosformerForConditionalGeneration, argument: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """`(full forward logits, logits of the target fed one token at a time through the cache)`, the cache passed back
+    as `argument` and read from the output field of the installed transformers' name."""
     src, mask, tgt = batch()
     with torch.no_grad():
         full = model(input_ids=src, attention_mask=mask, decoder_input_ids=tgt).logits
         encoder_outputs = model.get_encoder()(input_ids=src, attention_mask=mask)
-        past, steps = None, []
+        cache, steps = None, []
         for t in range(tgt.shape[1]):
             out = model(
                 encoder_outputs=encoder_outputs,
                 attention_mask=mask,
                 decoder_input_ids=tgt[:, t : t + 1],
-                past_key_values=past,
                 use_cache=True,
+                **{argument: cache},
             )
-            past = out.past_key_values
+            cache = getattr(out, CACHE_NAME)
             steps.append(out.logits)
-    torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=1e-5, rtol=1e-4)
+    return full, torch.cat(steps, dim=1)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("encoding", ENCODINGS)
+def test_cached_generation_equals_uncached(encoding, backend):
+    model = build(encoding, backend, **ATTENTION_MATTERS)
+    for generation in (GREEDY, BEAM):
+        assert_cached_generation_equals_uncached(model, **generation)
+
+
+@pytest.mark.parametrize("encoding", ENCODINGS)
+def test_sampling_with_cache_equals_sampling_without(encoding):
+    assert_cached_generation_equals_uncached(build(encoding, **ATTENTION_MATTERS), **SAMPLING)
+
+
+@pytest.mark.parametrize("argument", ["cache", "past_key_values"])
+@pytest.mark.parametrize("encoding", ENCODINGS)
+def test_cached_step_logits_equal_full_forward(encoding, argument):
+    """Feeding the target one token at a time through the cache gives the full forward's logits, whichever name
+    the cache is passed under (`cache`, transformers 5.24's, or `past_key_values`, earlier releases' and older
+    user code's)."""
+    full, steps = decode_step_by_step(build(encoding, **ATTENTION_MATTERS), argument)
+    torch.testing.assert_close(steps, full, atol=1e-5, rtol=1e-4)
+
+
+def test_the_cache_is_passed_under_one_name_only():
+    model = build("sinusoidal")
+    src, mask, tgt = batch()
+    cache = EncoderDecoderCache(DynamicCache(), DynamicCache())
+    with pytest.raises(ValueError, match="`cache` or as `past_key_values`, not both"):
+        model(input_ids=src, attention_mask=mask, decoder_input_ids=tgt, cache=cache, past_key_values=cache)
+
+
+@pytest.mark.parametrize("encoding", ENCODINGS)
+def test_the_cache_tests_see_a_lost_history(encoding, monkeypatch):
+    """With the decoder handed no cache (what transformers 5.24's `cache=` did to a forward that only knew
+    `past_key_values`: it decoded every step without its history), each cache test above fails for every encoding."""
+    model = build(encoding, **ATTENTION_MATTERS)
+    monkeypatch.setattr(modeling_posformer, "resolve_cache", lambda cache, past_key_values: None)
+    for generation in (GREEDY, BEAM, SAMPLING):
+        with pytest.raises(AssertionError):
+            assert_cached_generation_equals_uncached(model, **generation)
+    full, steps = decode_step_by_step(model, CACHE_NAME)
+    assert (steps - full).abs().max() > 0.1
 
 
 @pytest.mark.parametrize("encoding", ENCODINGS)
@@ -289,9 +355,29 @@ def test_gradient_checkpointing_gives_the_same_loss_and_gradients(encoding):
     model(input_ids=src, attention_mask=mask, labels=tgt).loss.backward()
     expected = {name: p.grad.clone() for name, p in model.named_parameters()}
     model.zero_grad()
-    model.activation_checkpointing_enable()
+    enable_activation_checkpointing(model)
     assert all(layer.gradient_checkpointing for layer in model.model.encoder.layers)
     model(input_ids=src, attention_mask=mask, labels=tgt).loss.backward()
+    for name, parameter in model.named_parameters():
+        torch.testing.assert_close(parameter.grad, expected[name], msg=name)
+
+
+@pytest.mark.parametrize("encoding", ["sinusoidal", "t5", "rope"])
+def test_gradient_checkpointing_drops_a_cache_passed_in_training(encoding):
+    """A checkpointed layer runs again in the backward pass, which would extend a cache twice; transformers'
+    `GradientCheckpointingLayer` clears it from the layer's keywords under the installed release's name (`cache`
+    from 5.24 on, `past_key_values` before), so the decoder must hand it on under that name. Training with a cache
+    passed in then gives the gradients of training without one, and leaves the cache empty."""
+    model = build(encoding, **ATTENTION_MATTERS).train()
+    src, mask, tgt = batch()
+    model(input_ids=src, attention_mask=mask, decoder_input_ids=tgt).logits.sum().backward()
+    expected = {name: p.grad.clone() for name, p in model.named_parameters()}
+    model.zero_grad()
+    enable_activation_checkpointing(model)
+    cache = EncoderDecoderCache(DynamicCache(), DynamicCache())
+    inputs = dict(input_ids=src, attention_mask=mask, decoder_input_ids=tgt, use_cache=True)
+    model(**inputs, **{CACHE_NAME: cache}).logits.sum().backward()
+    assert cache.get_seq_length() == 0
     for name, parameter in model.named_parameters():
         torch.testing.assert_close(parameter.grad, expected[name], msg=name)
 
@@ -331,27 +417,6 @@ def test_shaw_under_sdpa_says_once_that_self_attention_runs_eagerly(caplog):
     finally:
         logging.disable_propagation()
     assert sum("runs on the eager path" in r.getMessage() for r in caplog.records) == 1
-
-
-@pytest.mark.parametrize("encoding", ENCODINGS)
-def test_sampling_with_cache_equals_sampling_without(encoding):
-    model = build(encoding)
-    src, mask, _ = batch()
-    samples = []
-    for use_cache in (True, False):
-        torch.manual_seed(3)
-        samples.append(
-            model.generate(
-                src,
-                attention_mask=mask,
-                do_sample=True,
-                top_k=0,
-                max_new_tokens=8,
-                min_new_tokens=8,
-                use_cache=use_cache,
-            )
-        )
-    assert torch.equal(*samples)
 
 
 def test_cross_attention_keys_and_values_are_projected_once_per_sequence():

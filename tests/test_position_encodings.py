@@ -12,12 +12,13 @@ import math
 import pytest
 import torch
 from transformers import LlamaConfig, T5Config
-from transformers.models.bloom.modeling_bloom import _get_alibi_slopes
+from transformers.models.bloom.modeling_bloom import build_alibi_tensor
 from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding, apply_rotary_pos_emb
 from transformers.models.marian.modeling_marian import MarianSinusoidalPositionalEmbedding
 from transformers.models.t5.modeling_t5 import T5Attention
 
 from conftest import tiny_config
+from posformer.configuration.transformers_compat import CACHE_NAME
 from posformer.modeling import POSITION_ENCODINGS, PosformerForConditionalGeneration
 from posformer.modeling.position_encodings import (
     AlibiPositionEncoding,
@@ -134,7 +135,8 @@ def test_alibi_slopes_follow_the_paper(num_heads):
     slopes = alibi_slopes(num_heads)
     assert len(slopes) == num_heads
     assert slopes == pytest.approx(paper_alibi_slopes(num_heads), rel=1e-12, abs=0)
-    bloom = _get_alibi_slopes(num_heads, torch.device("cpu"))  # transformers' implementation, in float32
+    # transformers' implementation (public in every supported release), in float32: slope * position, position 1
+    bloom = build_alibi_tensor(torch.ones(1, 2), num_heads, torch.float32)[:, 0, 1]
     assert slopes == pytest.approx(bloom.tolist(), rel=1e-6, abs=0)
 
 
@@ -293,8 +295,8 @@ def test_cached_decoding_with_shifted_positions_matches_uncached(encoding):
         **source,
         decoder_input_ids=decoder_input_ids[:, 3:],
         decoder_position_ids=positions[:, 3:],
-        past_key_values=prefix.past_key_values,
         use_cache=True,
+        **{CACHE_NAME: getattr(prefix, CACHE_NAME)},
     )
     torch.testing.assert_close(prefix.logits, uncached.logits[:, :3], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(step.logits, uncached.logits[:, 3:], atol=1e-5, rtol=1e-5)

@@ -80,6 +80,7 @@ by_task = pipeline("translation", model=repo, trust_remote_code=True, num_beams=
 inferred = pipeline(model=repo, trust_remote_code=True)
 with torch.no_grad():
     logits = model(**data["inputs"], decoder_input_ids=data["decoder_input_ids"]).logits
+scored = {"output_scores": True, "return_dict_in_generate": True}
 outputs = {
     "config_class": f"{type(config).__module__}.{type(config).__name__}",
     "model_class": f"{type(model).__module__}.{type(model).__name__}",
@@ -88,6 +89,8 @@ outputs = {
     "token_ids": tokenizer(data["sources"])["input_ids"],
     "logits": logits,
     "generated": model.generate(**data["inputs"], **generation),
+    "cached": model.generate(**data["inputs"], **generation, **scored),
+    "uncached": model.generate(**data["inputs"], **generation, **scored, use_cache=False),
     "by_task": by_task(data["sources"], batch_size=2, max_new_tokens=generation["max_new_tokens"]),
     "inferred": inferred(data["sources"], batch_size=2, **generation),
     "single": inferred(data["sources"][0], **generation),
@@ -176,6 +179,10 @@ def test_checkpoint_loads_generates_and_translates_without_posformer(
     assert outputs["token_ids"] == tokenizer(SOURCES)["input_ids"]
     torch.testing.assert_close(outputs["logits"], expected_logits, rtol=0, atol=0)
     assert torch.equal(outputs["generated"], expected_generated)
+    # the cache works under the installed transformers: cached beam search is uncached beam search, score for score
+    cached, uncached = outputs["cached"], outputs["uncached"]
+    assert torch.equal(cached.sequences, expected_generated) and torch.equal(uncached.sequences, expected_generated)
+    torch.testing.assert_close(torch.stack(cached.scores), torch.stack(uncached.scores), atol=1e-4, rtol=1e-4)
     for form in ("by_task", "inferred", "resaved"):  # resaved: the remote-code model saved again, pipeline too
         assert outputs[form] == [{"translation_text": text} for text in expected_texts], form
     assert outputs["single"] == [{"translation_text": expected_texts[0]}]
