@@ -146,6 +146,15 @@ def test_the_cache_tests_see_a_lost_history(encoding, monkeypatch):
 
 
 @pytest.mark.parametrize("encoding", ENCODINGS)
+def test_the_beam_search_test_sees_a_cache_left_unordered(encoding, monkeypatch):
+    """Beam search reorders the cache after every step (`_reorder_cache`); skipping that fails the cached = uncached
+    beam-search check for every encoding."""
+    monkeypatch.setattr(PosformerForConditionalGeneration, "_reorder_cache", lambda self, cache, beam_idx: cache)
+    with pytest.raises(AssertionError):
+        assert_cached_generation_equals_uncached(build(encoding, **ATTENTION_MATTERS), **BEAM)
+
+
+@pytest.mark.parametrize("encoding", ENCODINGS)
 def test_eager_equals_sdpa(encoding):
     eager = build(encoding, "eager")
     sdpa = build(encoding, "sdpa")
