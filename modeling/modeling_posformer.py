@@ -266,7 +266,8 @@ class PosformerEncoderLayer(PosformerLayer):
 
 
 class PosformerDecoderLayer(PosformerLayer):
-    """Causal self-attention, cross-attention over the encoder output, then feed-forward."""
+    """Causal self-attention, cross-attention over the encoder output, then feed-forward. Without encoder states
+    (the decoder run alone, as BART's and Marian's can be) the cross-attention sub-layer is skipped."""
 
     def __init__(self, config: PosformerConfig, layer_idx: int, relative_term: RelativeAttentionTerm | None) -> None:
         super().__init__(config, config.decoder_ffn_dim)
@@ -306,7 +307,8 @@ class PosformerDecoderLayer(PosformerLayer):
             )[0]
 
         hidden_states = self.sublayer(hidden_states, self_attention, self.self_attn_layer_norm)
-        hidden_states = self.sublayer(hidden_states, cross_attention, self.encoder_attn_layer_norm)
+        if encoder_hidden_states is not None:
+            hidden_states = self.sublayer(hidden_states, cross_attention, self.encoder_attn_layer_norm)
         return self.sublayer(hidden_states, self.feed_forward, self.final_layer_norm)
 
 
@@ -530,7 +532,8 @@ class PosformerDecoder(PosformerStack):
         past_key_values: Cache | None = None,
         **kwargs,
     ) -> BaseModelOutputWithPastAndCrossAttentions:
-        """`(B, T)` target ids attending to `(B, S, d)` encoder states -> `(B, T, d)`.
+        """`(B, T)` target ids attending to `(B, S, d)` encoder states -> `(B, T, d)`; without encoder states the
+        layers skip cross-attention (a decoder-only run).
 
         Positions continue at the cache's length `P`: `position_ids` `(B|1, T)` defaults to `P .. P+T-1`,
         and the cached tokens are taken to sit right before the first new position (so explicit,
@@ -562,12 +565,13 @@ class PosformerDecoder(PosformerStack):
             # an attention that runs eagerly under another implementation needs the mask spelled out
             allow_is_causal_skip=not self.self_attention_runs_eager,
         )
-        encoder_attention_mask = create_bidirectional_mask(
-            config=self.config,
-            inputs_embeds=hidden_states,
-            attention_mask=encoder_attention_mask,
-            encoder_hidden_states=encoder_hidden_states,
-        )
+        if encoder_hidden_states is not None:
+            encoder_attention_mask = create_bidirectional_mask(
+                config=self.config,
+                inputs_embeds=hidden_states,
+                attention_mask=encoder_attention_mask,
+                encoder_hidden_states=encoder_hidden_states,
+            )
         for layer in self.layers:
             hidden_states = layer(
                 hidden_states,

@@ -155,6 +155,28 @@ def test_the_beam_search_test_sees_a_cache_left_unordered(encoding, monkeypatch)
 
 
 @pytest.mark.parametrize("encoding", ENCODINGS)
+def test_the_decoder_alone_skips_cross_attention_and_caches_like_it_runs_uncached(encoding):
+    """Without encoder states the decoder is a causal language model: its cross-attention sub-layers are skipped
+    (their weights change nothing, and they write nothing into the cache), and decoding it token by token through
+    the cache gives its full forward."""
+    decoder = build(encoding, **ATTENTION_MATTERS).get_decoder()
+    _, _, tgt = batch()
+    with torch.no_grad():
+        full = decoder(input_ids=tgt).last_hidden_state
+        cache, steps = None, []
+        for t in range(tgt.shape[1]):
+            out = decoder(input_ids=tgt[:, t : t + 1], use_cache=True, **{CACHE_NAME: cache})
+            cache = getattr(out, CACHE_NAME)
+            steps.append(out.last_hidden_state)
+        torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=1e-5, rtol=1e-4)
+        assert cache.self_attention_cache.get_seq_length() == tgt.shape[1]
+        assert cache.cross_attention_cache.get_seq_length() == 0
+        for layer in decoder.layers:
+            layer.encoder_attn.out_proj.weight.add_(1.0)
+        torch.testing.assert_close(decoder(input_ids=tgt).last_hidden_state, full, atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("encoding", ENCODINGS)
 def test_eager_equals_sdpa(encoding):
     eager = build(encoding, "eager")
     sdpa = build(encoding, "sdpa")
