@@ -766,12 +766,17 @@ class PosformerForConditionalGeneration(PosformerPreTrainedModel, GenerationMixi
         decoder_position_ids: torch.LongTensor | None = None,
         use_cache: bool | None = None,
         past_key_values: Cache | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
         **kwargs,
     ) -> Seq2SeqLMOutput:
         """`labels` `(B, T)` (-100 = ignore) give the loss and, when no decoder inputs are passed, the
         decoder inputs (labels shifted right behind `decoder_start_token_id`). The cache comes as `cache` (what
         `generate` passes from transformers 5.24 on) or `past_key_values` (before), and goes back in the output field
-        of the installed transformers' name."""
+        of the installed transformers' name.
+
+        `logits_to_keep` projects only some decoder positions onto the vocabulary: an int keeps the last that many
+        (0, the default, keeps all; `generate` passes 1), a 1-D tensor the positions it lists. `logits` is then
+        `(B, kept, V)`; with `labels` it must keep all."""
         num_items_in_batch = kwargs.pop("num_items_in_batch", None)
         if labels is not None:
             use_cache = False
@@ -791,7 +796,13 @@ class PosformerForConditionalGeneration(PosformerPreTrainedModel, GenerationMixi
             use_cache=use_cache,
             **kwargs,
         )
-        logits = self.lm_head(outputs.last_hidden_state)
+        if labels is not None and not (isinstance(logits_to_keep, int) and logits_to_keep == 0):
+            raise ValueError(
+                f"logits_to_keep={logits_to_keep!r} drops logits that the loss over `labels` needs: pass labels with "
+                "logits_to_keep=0 (every position), or no labels."
+            )
+        kept = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
+        logits = self.lm_head(outputs.last_hidden_state[:, kept])
         loss = None
         if labels is not None:
             loss = seq2seq_loss(logits, labels, self.config.label_smoothing, num_items_in_batch)

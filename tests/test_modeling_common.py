@@ -176,6 +176,23 @@ def test_the_decoder_alone_skips_cross_attention_and_caches_like_it_runs_uncache
         torch.testing.assert_close(decoder(input_ids=tgt).last_hidden_state, full, atol=0, rtol=0)
 
 
+def test_logits_to_keep_projects_only_the_kept_positions():
+    """What `generate` asks for (`logits_to_keep=1`), as transformers' causal models do it: the last positions'
+    logits, or those at listed positions, equal to the full forward's; with labels every logit is needed."""
+    model = build("rope")
+    src, mask, tgt = batch()
+    inputs = dict(input_ids=src, attention_mask=mask, decoder_input_ids=tgt)
+    with torch.no_grad():
+        full = model(**inputs).logits
+        torch.testing.assert_close(model(**inputs, logits_to_keep=1).logits, full[:, -1:])
+        torch.testing.assert_close(model(**inputs, logits_to_keep=3).logits, full[:, -3:])
+        torch.testing.assert_close(model(**inputs, logits_to_keep=torch.tensor([0, 4])).logits, full[:, [0, 4]])
+        torch.testing.assert_close(model(**inputs, logits_to_keep=0).logits, full)
+    assert model._supports_logits_to_keep()
+    with pytest.raises(ValueError, match="logits_to_keep=1 drops logits that the loss"):
+        model(input_ids=src, attention_mask=mask, labels=tgt, logits_to_keep=1)
+
+
 @pytest.mark.parametrize("encoding", ENCODINGS)
 def test_eager_equals_sdpa(encoding):
     eager = build(encoding, "eager")
