@@ -179,7 +179,10 @@ class LearnedPositionEncoding(PositionEncoding):
 
     def embed(self, inputs_embeds: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
         table_size = self.embeddings.num_embeddings
-        if position_ids.numel() and int(position_ids.max()) >= table_size:
+        if torch.compiler.is_compiling():
+            # torch.compile / torch.export trace no branch on tensor values: the check becomes an assertion in the graph
+            torch._assert_async((position_ids < table_size).all(), "position past the learned table")
+        elif position_ids.numel() and int(position_ids.max()) >= table_size:
             raise ValueError(
                 f"position_encoding='learned' has a table of max_position_embeddings={table_size} positions, "
                 f"but position {int(position_ids.max())} was requested. Shorten or split the input, or use "
