@@ -12,6 +12,7 @@ Layer and parameter names are transformers' BART/Marian names (`self_attn`, `enc
 `q_proj/k_proj/v_proj/out_proj`, `fc1/fc2`, `embed_tokens`), so Marian weights copy over one to one.
 """
 
+import dataclasses
 import importlib
 import math
 import os
@@ -236,6 +237,20 @@ class PosformerLayer(GradientCheckpointingLayer):
             hidden_states, sublayer, layer_norm, self.dropout, self.normalize_before, self.training
         )
 
+    @staticmethod
+    def positions_with_bias(
+        positions: AttentionPositions | None, position_bias: torch.Tensor | None
+    ) -> AttentionPositions | None:
+        """`positions` carrying `position_bias`, the stack's score bias, which the stack also passes positionally.
+
+        Under reentrant gradient checkpointing only positional tensors are checkpoint inputs: the recomputed layer
+        must use that copy (detached by the checkpoint, its gradient handed back once per layer), not the stack's
+        tensor, whose graph every layer's backward would otherwise traverse again (`t5`'s learned bias: "Trying to
+        backward through the graph a second time"). Without checkpointing the two are the same tensor."""
+        if positions is None or position_bias is None:
+            return positions
+        return dataclasses.replace(positions, bias=position_bias)
+
 
 class PosformerEncoderLayer(PosformerLayer):
     """Self-attention then feed-forward, each a residual sub-layer."""
@@ -255,9 +270,12 @@ class PosformerEncoderLayer(PosformerLayer):
         self,
         hidden_states: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
+        position_bias: torch.Tensor | None = None,
         positions: AttentionPositions | None = None,
         **kwargs,
     ) -> torch.Tensor:
+        positions = self.positions_with_bias(positions, position_bias)
+
         def self_attention(x: torch.Tensor) -> torch.Tensor:
             return self.self_attn(x, attention_mask=attention_mask, positions=positions, **kwargs)[0]
 
@@ -284,6 +302,7 @@ class PosformerDecoderLayer(PosformerLayer):
         hidden_states: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
         encoder_hidden_states: torch.Tensor | None = None,
+        position_bias: torch.Tensor | None = None,
         encoder_attention_mask: torch.Tensor | None = None,
         positions: AttentionPositions | None = None,
         cache: Cache | None = None,
@@ -293,6 +312,7 @@ class PosformerDecoderLayer(PosformerLayer):
         """The stack passes the cache under the installed transformers' name (`CACHE_NAME`), which is the keyword
         `GradientCheckpointingLayer` clears when it recomputes this layer."""
         cache = resolve_cache(cache, past_key_values)
+        positions = self.positions_with_bias(positions, position_bias)
 
         def self_attention(x: torch.Tensor) -> torch.Tensor:
             return self.self_attn(x, attention_mask=attention_mask, cache=cache, positions=positions, **kwargs)[0]
@@ -498,7 +518,8 @@ class PosformerEncoder(PosformerStack):
             config=self.config, inputs_embeds=hidden_states, attention_mask=attention_mask
         )
         for layer in self.layers:
-            hidden_states = layer(hidden_states, attention_mask, positions=positions, **kwargs)
+            # tensors a checkpointed layer needs gradients through go positionally (see `positions_with_bias`)
+            hidden_states = layer(hidden_states, attention_mask, positions.bias, positions=positions, **kwargs)
         return BaseModelOutput(last_hidden_state=self.finish(hidden_states))
 
 
@@ -576,7 +597,8 @@ class PosformerDecoder(PosformerStack):
             hidden_states = layer(
                 hidden_states,
                 causal_mask,
-                encoder_hidden_states,  # positional: a checkpoint input under gradient checkpointing
+                encoder_hidden_states,  # positional: checkpoint inputs under gradient checkpointing
+                positions.bias,
                 encoder_attention_mask=encoder_attention_mask,
                 positions=positions,
                 **{CACHE_NAME: cache},

@@ -44,11 +44,15 @@ def tiny_config(position_encoding: str = "sinusoidal", **overrides) -> Posformer
     return PosformerConfig(**{**TINY, "position_encoding": position_encoding, **overrides})
 
 
-def enable_activation_checkpointing(model: torch.nn.Module) -> None:
-    """Gradient checkpointing on every layer: `activation_checkpointing_enable` from transformers 5.23 on (which
-    deprecates `gradient_checkpointing_enable`), `gradient_checkpointing_enable` before."""
-    enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
-    enable()
+def enable_activation_checkpointing(model: torch.nn.Module, **checkpoint_kwargs) -> None:
+    """Gradient checkpointing on every layer (`checkpoint_kwargs` go to `torch.utils.checkpoint`):
+    `activation_checkpointing_enable` from transformers 5.23 on (which deprecates `gradient_checkpointing_enable`),
+    `gradient_checkpointing_enable` before."""
+    checkpoint_kwargs = checkpoint_kwargs or None  # None: transformers' default (use_reentrant=False)
+    if hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=checkpoint_kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=checkpoint_kwargs)
 
 
 @pytest.fixture(autouse=True)
