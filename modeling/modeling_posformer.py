@@ -484,6 +484,16 @@ def default_positions(length: int, offset: int, device: torch.device) -> torch.T
     return torch.arange(offset, offset + length, device=device)[None]
 
 
+def decoder_key_positions(position_ids: torch.Tensor, past_length: int, key_length: int) -> torch.Tensor:
+    """`(B|1, key_length)` positions of the decoder's keys for `(B|1, T)` new positions: the `past_length` cached
+    tokens right before the first new one, the new ones, then the empty slots of a static cache (masked), continuing
+    after the last."""
+    device = position_ids.device
+    cached = position_ids[:, :1] - past_length + torch.arange(past_length, device=device)
+    empty = position_ids[:, -1:] + 1 + torch.arange(key_length - past_length - position_ids.shape[1], device=device)
+    return torch.cat([cached, position_ids, empty], dim=-1)
+
+
 class PosformerEncoder(PosformerStack):
     """The encoder stack: `config.encoder_layers` bidirectional [`PosformerEncoderLayer`]s."""
 
@@ -567,14 +577,13 @@ class PosformerDecoder(PosformerStack):
         if use_cache and cache is None:
             cache = EncoderDecoderCache(DynamicCache(config=self.config), DynamicCache(config=self.config))
         self_attention_cache = cache.self_attention_cache if isinstance(cache, EncoderDecoderCache) else cache
-        past_length = self_attention_cache.get_seq_length() if self_attention_cache is not None else 0
+        past_length, key_length = 0, length
+        if self_attention_cache is not None:
+            past_length = self_attention_cache.get_seq_length()
+            key_length = self_attention_cache.get_mask_sizes(length, 0)[0]  # a static cache: its whole length
         if position_ids is None:
             position_ids = default_positions(length, past_length, reference.device)
-        key_positions = position_ids
-        if past_length:
-            # the cached tokens are the P positions right before the first new one
-            cached = position_ids[:, :1] - past_length + torch.arange(past_length, device=reference.device)
-            key_positions = torch.cat([cached, position_ids], dim=-1)
+        key_positions = decoder_key_positions(position_ids, past_length, key_length)
 
         hidden_states = self.embed(input_ids, inputs_embeds, position_ids)
         positions = self.position_encoding.attention_positions(position_ids, key_positions)

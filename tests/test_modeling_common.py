@@ -56,13 +56,16 @@ def batch(batch_size: int = 3, src_len: int = 9, tgt_len: int = 7):
 GREEDY, BEAM, SAMPLING = {"num_beams": 1}, {"num_beams": 3}, {"do_sample": True, "top_k": 0}
 
 
-def assert_cached_generation_equals_uncached(model: PosformerForConditionalGeneration, **generation) -> None:
+def assert_cached_generation_equals_uncached(
+    model: PosformerForConditionalGeneration, cache_implementation: str | None = None, **generation
+) -> None:
     """`generate` with and without the cache (as the installed transformers drives it: `cache=` from 5.24 on,
-    `past_key_values=` before) gives the same tokens and the same per-step scores; beam search reorders the cache
-    after every step, so its scores also check the reordering."""
+    `past_key_values=` before; a dynamic cache, or the `cache_implementation` given) gives the same tokens and the
+    same per-step scores; beam search reorders the cache after every step, so its scores also check the reordering."""
     src, mask, _ = batch()
     results = []
     for use_cache in (True, False):
+        implementation = {"cache_implementation": cache_implementation} if use_cache and cache_implementation else {}
         torch.manual_seed(3)  # the same draws for sampling
         out = model.generate(
             src,
@@ -72,6 +75,7 @@ def assert_cached_generation_equals_uncached(model: PosformerForConditionalGener
             use_cache=use_cache,
             output_scores=True,
             return_dict_in_generate=True,
+            **implementation,
             **generation,
         )
         results.append((out.sequences, torch.stack(out.scores)))
@@ -107,6 +111,15 @@ def test_cached_generation_equals_uncached(encoding, backend):
     model = build(encoding, backend, **ATTENTION_MATTERS)
     for generation in (GREEDY, BEAM):
         assert_cached_generation_equals_uncached(model, **generation)
+
+
+@pytest.mark.parametrize("encoding", ENCODINGS)
+def test_static_cache_generation_equals_uncached(encoding):
+    """A static cache holds `max_length` slots from the start: the keys of its empty slots get positions after the
+    last token (and are masked), so relative encodings see a key length that matches."""
+    model = build(encoding, **ATTENTION_MATTERS)
+    for generation in (GREEDY, BEAM):
+        assert_cached_generation_equals_uncached(model, cache_implementation="static", **generation)
 
 
 @pytest.mark.parametrize("encoding", ENCODINGS)
