@@ -374,9 +374,14 @@ class PosformerPreTrainedModel(PreTrainedModel):
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, *args, **kwargs):
         """`PreTrainedModel.from_pretrained`, with an error naming the weights file when it is truncated or corrupt
-        (safetensors' own message names no file)."""
+        (safetensors' own message names no file), and one naming the weights a checkpoint lacks when loading left
+        them unset on the meta device.
+
+        (transformers 5.24 drops the shared token embedding from the missing keys of custom-code models whose tied
+        weights share one parameter: a checkpoint without `model.shared.weight` would load with no warning and an
+        embedding of no values.)"""
         try:
-            return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+            loaded = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
         except SafetensorError as error:
             weights = os.path.join(str(pretrained_model_name_or_path), SAFE_WEIGHTS_NAME)
             if not os.path.isfile(weights):
@@ -385,6 +390,14 @@ class PosformerPreTrainedModel(PreTrainedModel):
                 f"Cannot read the weights in {weights}: the file is truncated or corrupt ({error}). Download or "
                 "save the checkpoint again."
             ) from error
+        model = loaded[0] if isinstance(loaded, tuple) else loaded  # (model, loading info) on request
+        unset = [name for name, parameter in model.named_parameters() if parameter.device.type == "meta"]
+        if unset and kwargs.get("device_map") is None:  # a device map may leave weights on meta on purpose
+            raise OSError(
+                f"The checkpoint {pretrained_model_name_or_path} holds no values for {', '.join(unset)}: it is "
+                "incomplete or was not written for this model. Save it again from a complete model."
+            )
+        return loaded
 
     def save_pretrained(self, save_directory: str | os.PathLike, is_main_process: bool = True, *args, **kwargs) -> None:
         """`PreTrainedModel.save_pretrained`, and the folder becomes a complete Hub model repository.

@@ -3,6 +3,7 @@ so an encoding added to the registry is covered without new test code."""
 
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
 from transformers import AutoModelForSeq2SeqLM
 from transformers.cache_utils import DynamicCache, EncoderDecoderCache
 from transformers.modeling_outputs import Seq2SeqLMOutput, Seq2SeqModelOutput
@@ -278,6 +279,23 @@ def test_save_reload_gives_equal_logits(encoding, tmp_path):
             expected = model(input_ids=src, attention_mask=mask, decoder_input_ids=tgt).logits
             actual = again.eval()(input_ids=src, attention_mask=mask, decoder_input_ids=tgt).logits
         torch.testing.assert_close(actual, expected, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("tie_word_embeddings", [True, False])
+def test_a_checkpoint_without_the_shared_embedding_is_never_loaded_silently(tmp_path, tie_word_embeddings):
+    """Tied, transformers 5.24 would leave the embedding on the meta device without a word: a clear error instead.
+    Untied, transformers reports it missing and initialises it, as for any missing weight."""
+    build("sinusoidal", tie_word_embeddings=tie_word_embeddings).save_pretrained(tmp_path)
+    weights = load_file(tmp_path / "model.safetensors")
+    del weights["model.shared.weight"]
+    save_file(weights, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    if tie_word_embeddings:
+        with pytest.raises(OSError, match="holds no values for model.shared.weight"):
+            AutoModelForSeq2SeqLM.from_pretrained(tmp_path)
+    else:
+        again, info = AutoModelForSeq2SeqLM.from_pretrained(tmp_path, output_loading_info=True)
+        assert "model.shared.weight" in info["missing_keys"]
+        assert again.model.shared.weight.device.type == "cpu" and torch.isfinite(again.model.shared.weight).all()
 
 
 @pytest.mark.parametrize("encoding", ENCODINGS)
