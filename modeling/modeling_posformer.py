@@ -35,7 +35,8 @@ from transformers.modeling_outputs import (
     Seq2SeqModelOutput,
 )
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
-from transformers.utils import SAFE_WEIGHTS_NAME, cached_file, can_return_tuple, logging
+from transformers.processing_utils import Unpack
+from transformers.utils import SAFE_WEIGHTS_NAME, TransformersKwargs, cached_file, can_return_tuple, logging
 from transformers.utils.generic import merge_with_config_defaults
 from transformers.utils.output_capturing import OutputRecorder, capture_outputs
 
@@ -133,7 +134,7 @@ class PosformerAttention(nn.Module):
         attention_mask: torch.Tensor | None = None,
         cache: Cache | None = None,
         positions: AttentionPositions | None = None,
-        **kwargs,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """`(B, q, d)` hidden states (and `(B, S, d)` encoder states for cross-attention) -> `(B, q, d)`."""
         is_cross_attention = key_value_states is not None
@@ -272,7 +273,7 @@ class PosformerEncoderLayer(PosformerLayer):
         attention_mask: torch.Tensor | None = None,
         position_bias: torch.Tensor | None = None,
         positions: AttentionPositions | None = None,
-        **kwargs,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> torch.Tensor:
         positions = self.positions_with_bias(positions, position_bias)
 
@@ -307,7 +308,7 @@ class PosformerDecoderLayer(PosformerLayer):
         positions: AttentionPositions | None = None,
         cache: Cache | None = None,
         past_key_values: Cache | None = None,
-        **kwargs,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> torch.Tensor:
         """The stack passes the cache under the installed transformers' name (`CACHE_NAME`), which is the keyword
         `GradientCheckpointingLayer` clears when it recomputes this layer."""
@@ -526,7 +527,7 @@ class PosformerEncoder(PosformerStack):
         attention_mask: torch.Tensor | None = None,
         inputs_embeds: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
-        **kwargs,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> BaseModelOutput:
         """`(B, S)` ids (or `(B, S, d)` embeddings), `(B, S)` padding mask (1 = token) -> `(B, S, d)`.
 
@@ -574,7 +575,7 @@ class PosformerDecoder(PosformerStack):
         position_ids: torch.LongTensor | None = None,
         use_cache: bool | None = None,
         past_key_values: Cache | None = None,
-        **kwargs,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> BaseModelOutputWithPastAndCrossAttentions:
         """`(B, T)` target ids attending to `(B, S, d)` encoder states -> `(B, T, d)`; without encoder states the
         layers skip cross-attention (a decoder-only run).
@@ -670,7 +671,7 @@ class PosformerModel(PosformerPreTrainedModel):
         decoder_position_ids: torch.LongTensor | None = None,
         use_cache: bool | None = None,
         past_key_values: Cache | None = None,
-        **kwargs,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> Seq2SeqModelOutput:
         """The encoder-decoder forward; the cache comes as `cache` or `past_key_values` ([`resolve_cache`])."""
         if encoder_outputs is None:
@@ -811,7 +812,7 @@ class PosformerForConditionalGeneration(PosformerPreTrainedModel, GenerationMixi
         use_cache: bool | None = None,
         past_key_values: Cache | None = None,
         logits_to_keep: int | torch.Tensor = 0,
-        **kwargs,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> Seq2SeqLMOutput:
         """`labels` `(B, T)` (-100 = ignore) give the loss and, when no decoder inputs are passed, the
         decoder inputs (labels shifted right behind `decoder_start_token_id`). The cache comes as `cache` (what
