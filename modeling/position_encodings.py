@@ -404,8 +404,10 @@ class TransformerXLPositionEncoding(PositionEncoding):
 
     def attention_positions(self, query_positions: torch.Tensor, key_positions: torch.Tensor) -> AttentionPositions:
         distance = query_positions[:, :, None] - key_positions[:, None, :]  # (B, q, k): i - j
-        smallest, largest = int(distance.min()), int(distance.max())
-        table = torch.arange(smallest, largest + 1, device=distance.device)
+        smallest = distance.min()
+        count = (distance.max() - smallest + 1).item()  # data-dependent: under torch.export an unbacked size,
+        torch._check(count >= 0)  # which tracing accepts once it is known not to be negative
+        table = torch.arange(count, device=distance.device) + smallest
         return AttentionPositions(
             relative_index=distance - smallest, relative_embeddings=sinusoids(table, self.d_model)
         )
@@ -428,7 +430,7 @@ class TransformerXLAttentionTerm(RelativeAttentionTerm):
         self, query: torch.Tensor, key: torch.Tensor, positions: AttentionPositions, scaling: float
     ) -> torch.Tensor:
         embeddings = positions.relative_embeddings.to(query.dtype)
-        relative_keys = self.relative_proj(embeddings).view(len(embeddings), self.num_heads, -1).transpose(0, 1)
+        relative_keys = self.relative_proj(embeddings).unflatten(-1, (self.num_heads, -1)).transpose(0, 1)
         position_logits = torch.matmul(query + self.position_bias[:, None], relative_keys.transpose(1, 2))
         content_logits = torch.matmul(self.content_bias[:, None], key.transpose(2, 3))  # (B, H, 1, k)
         return (gather_relative(position_logits, positions.relative_index) + content_logits) * scaling

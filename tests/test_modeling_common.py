@@ -512,22 +512,7 @@ def test_cross_attention_keys_and_values_are_projected_once_per_sequence():
     assert len(calls) == 2 * len(model.model.decoder.layers)
 
 
-# Encodings torch.export cannot trace yet, with the reason (strict xfail: a fix makes the test say so).
-EXPORT_FAILS = {
-    "transformer_xl": "the stack sizes its table of relative sinusoids by the range of distances that occur, a "
-    "data-dependent size torch.export cannot trace (GuardOnDataDependentSymNode)",
-}
-
-
-@pytest.mark.parametrize(
-    "encoding",
-    [
-        pytest.param(name, marks=pytest.mark.xfail(strict=True, reason=EXPORT_FAILS[name]))
-        if name in EXPORT_FAILS
-        else name
-        for name in ENCODINGS
-    ],
-)
+@pytest.mark.parametrize("encoding", ENCODINGS)
 def test_torch_export_computes_what_eager_does(encoding):
     model = build(encoding)
     src, mask, tgt = batch()
