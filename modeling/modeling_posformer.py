@@ -502,6 +502,8 @@ def decoder_key_positions(position_ids: torch.Tensor, past_length: int, key_leng
     """`(B|1, key_length)` positions of the decoder's keys for `(B|1, T)` new positions: the `past_length` cached
     tokens right before the first new one, the new ones, then the empty slots of a static cache (masked), continuing
     after the last."""
+    if key_length == position_ids.shape[1]:  # nothing cached (training, the first step): the keys are the queries
+        return position_ids
     device = position_ids.device
     cached = position_ids[:, :1] - past_length + torch.arange(past_length, device=device)
     empty = position_ids[:, -1:] + 1 + torch.arange(key_length - past_length - position_ids.shape[1], device=device)
