@@ -6,9 +6,9 @@
 posformer (`sinusoidal`, Marian's options: post-LN, scaled embeddings, tied embeddings, ReLU here) and a
 `MarianMTModel` of identical size train with the same `posformer-train` loop: the same tokenizer (the Marian run
 loads the one the posformer run trained), the same batches in the same order, the same steps, seed, optimizer,
-schedule and loss (Marian's forward is given posformer's label-smoothed, token-normalised loss, since its own has
-no label smoothing). Both are scored on the test split with the same beam search. They are the same model, so
-a gap larger than 1 BLEU is a bug to find.
+schedule and loss (the loop computes its label-smoothed, token-normalised loss from either model's logits). Both are
+scored on the test split with the same beam search. They are the same model, so a gap larger than 1 BLEU is a bug
+to find.
 """
 
 import argparse
@@ -18,30 +18,11 @@ from pathlib import Path
 from transformers import MarianConfig, MarianMTModel
 
 from posformer.configuration import PosformerConfig
-from posformer.modeling.modeling_posformer import seq2seq_loss, shift_tokens_right
 from posformer.training.arguments import build_config, parse_args
 from posformer.training.data import special_token_ids
 from posformer.training.export import atomic_write_text
 from posformer.training.train import RESULTS_FILE, Trainer
 from posformer.training.train import main as train_posformer
-
-
-class MarianWithPosformerLoss(MarianMTModel):
-    """MarianMTModel whose training loss is posformer's: summed label-smoothed token loss over the step's tokens."""
-
-    label_smoothing: float = 0.0
-
-    def forward(self, *args, labels=None, num_items_in_batch=None, **kwargs):
-        if labels is not None:
-            kwargs["use_cache"] = False
-            if kwargs.get("decoder_input_ids") is None:
-                kwargs["decoder_input_ids"] = shift_tokens_right(
-                    labels, self.config.pad_token_id, self.config.decoder_start_token_id
-                )
-        out = super().forward(*args, **kwargs)
-        if labels is not None:
-            out.loss = seq2seq_loss(out.logits, labels, self.label_smoothing, num_items_in_batch)
-        return out
 
 
 def marian_config(config: PosformerConfig) -> MarianConfig:
@@ -75,13 +56,9 @@ def marian_config(config: PosformerConfig) -> MarianConfig:
 class MarianTrainer(Trainer):
     """posformer-train's loop around a Marian model; the end scores the test split (no posformer export)."""
 
-    def _build_model(self) -> MarianWithPosformerLoss:
-        config = build_config(
-            self.model_args, len(self.tokenizer), special_token_ids(self.tokenizer), self.args.label_smoothing
-        )
-        model = MarianWithPosformerLoss(marian_config(config))
-        model.label_smoothing = self.args.label_smoothing
-        return model
+    def _build_model(self) -> MarianMTModel:
+        config = build_config(self.model_args, len(self.tokenizer), special_token_ids(self.tokenizer))
+        return MarianMTModel(marian_config(config))
 
     def finish(self) -> dict:
         results = {"step": self.step, **self.evaluate(self.full_model(), "test", self.data_args.max_test_samples)}

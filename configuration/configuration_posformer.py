@@ -53,7 +53,6 @@ class PosformerConfig(PreTrainedConfig):
     dropout: float | int = 0.1
     attention_dropout: float | int = 0.0
     activation_dropout: float | int = 0.0
-    label_smoothing: float | int = 0.0
 
     # --- architecture choices ---------------------------------------------------------------------
     scale_embedding: bool = True  # multiply token embeddings by sqrt(d_model), as the paper does
@@ -79,6 +78,9 @@ class PosformerConfig(PreTrainedConfig):
     is_decoder: bool = False
 
     def __post_init__(self, **kwargs):
+        # Checkpoints saved before label smoothing became the training recipe's alone (posformer-train's
+        # --label_smoothing, Seq2SeqTrainer's --label_smoothing_factor) stored it here; the model never smooths.
+        kwargs.pop("label_smoothing", None)
         self._check_values()
         super().__post_init__(**kwargs)
 
@@ -95,7 +97,6 @@ class PosformerConfig(PreTrainedConfig):
         positive = (
             "vocab_size", "d_model", "encoder_layers", "decoder_layers", "encoder_attention_heads",
             "decoder_attention_heads", "encoder_ffn_dim", "decoder_ffn_dim", "max_position_embeddings",
-            "shaw_max_distance", "t5_num_buckets", "t5_max_distance",
         )  # fmt: skip
         for name in positive:
             if getattr(self, name) <= 0:
@@ -108,24 +109,13 @@ class PosformerConfig(PreTrainedConfig):
                     f"d_model / heads dimensions. Pick a d_model that is a multiple of {heads}, or a head "
                     f"count that divides {self.d_model}."
                 )
-            if self.position_encoding == "rope" and (self.d_model // heads) % 2:
-                raise ValueError(
-                    f"position_encoding='rope' rotates pairs of dimensions, so the head size d_model / {name} "
-                    f"= {self.d_model // heads} must be even. Change d_model or {name}."
-                )
-        if self.position_encoding == "t5" and self.t5_num_buckets < 4:
-            raise ValueError(f"t5_num_buckets must be at least 4, got {self.t5_num_buckets}.")
-        for name in ("dropout", "attention_dropout", "activation_dropout", "label_smoothing"):
+        for name in ("dropout", "attention_dropout", "activation_dropout"):
             value = getattr(self, name)
             if not 0.0 <= value < 1.0:
                 raise ValueError(f"{name} must be in [0, 1), got {value}.")
-        for name in ("rope_theta", "init_std"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)}.")
-        if self.hadamard_gain < 0 or self.hadamard_gain >= 1:
-            raise ValueError(
-                f"hadamard_gain must be in [0, 1) so that 1 + gain*sin never reaches zero, got {self.hadamard_gain}."
-            )
+        if self.init_std <= 0:
+            raise ValueError(f"init_std must be positive, got {self.init_std}.")
+        POSITION_ENCODINGS[self.position_encoding].check_config(self)  # the encoding's own fields and needs
         if self.activation_function not in ACT2FN:
             raise ValueError(
                 f"Unknown activation_function={self.activation_function!r}. Choose one of: {', '.join(sorted(ACT2FN))}."

@@ -48,6 +48,7 @@ from .position_encodings import (
     PositionEncoding,
     RelativeAttentionTerm,
     apply_rotary,
+    encodings_where,
 )
 
 logger = logging.get_logger(__name__)
@@ -342,8 +343,8 @@ def check_attention_backend(position_encoding: str, implementation: str | None) 
         raise ValueError(
             f"position_encoding={position_encoding!r} adds a bias to the attention scores, which "
             f"attn_implementation={implementation!r} cannot apply (it would be silently dropped). Use "
-            "attn_implementation='sdpa' (default) or 'eager', or an encoding without a score bias "
-            "('none', 'sinusoidal', 'learned', 'hadamard', 'rope')."
+            "attn_implementation='sdpa' (default) or 'eager', or an encoding without a score bias: "
+            f"{', '.join(encodings_where(lambda encoding: not encoding.adds_score_bias))}."
         )
     if "flex" in implementation and encoding.needs_attention_weights:
         raise ValueError(
@@ -816,10 +817,11 @@ class PosformerForConditionalGeneration(PosformerPreTrainedModel, GenerationMixi
         logits_to_keep: int | torch.Tensor = 0,
         **kwargs: Unpack[TransformersKwargs],
     ) -> Seq2SeqLMOutput:
-        """`labels` `(B, T)` (-100 = ignore) give the loss and, when no decoder inputs are passed, the
-        decoder inputs (labels shifted right behind `decoder_start_token_id`). The cache comes as `cache` (what
-        `generate` passes from transformers 5.24 on) or `past_key_values` (before), and goes back in the output field
-        of the installed transformers' name.
+        """`labels` `(B, T)` (-100 = ignore) give the loss (the mean token cross-entropy, unsmoothed as in BART and
+        Marian: smoothing belongs to the training recipe, posformer-train's `--label_smoothing` or the Trainer's
+        `--label_smoothing_factor`) and, when no decoder inputs are passed, the decoder inputs (labels shifted right
+        behind `decoder_start_token_id`). The cache comes as `cache` (what `generate` passes from transformers 5.24
+        on) or `past_key_values` (before), and goes back in the output field of the installed transformers' name.
 
         `logits_to_keep` projects only some decoder positions onto the vocabulary: an int keeps the last that many
         (0, the default, keeps all; `generate` passes 1), a 1-D tensor the positions it lists. `logits` is then
@@ -852,7 +854,7 @@ class PosformerForConditionalGeneration(PosformerPreTrainedModel, GenerationMixi
         logits = self.lm_head(outputs.last_hidden_state[:, kept])
         loss = None
         if labels is not None:
-            loss = seq2seq_loss(logits, labels, self.config.label_smoothing, num_items_in_batch)
+            loss = seq2seq_loss(logits, labels, num_items_in_batch=num_items_in_batch)
         return Seq2SeqLMOutput(
             loss=loss,
             logits=logits,

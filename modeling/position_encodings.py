@@ -30,8 +30,9 @@ non-persistent buffers uninitialised) and for positions past `max_position_embed
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 import torch
 from torch import nn
@@ -83,17 +84,29 @@ def relative_distances(query_positions: torch.Tensor, key_positions: torch.Tenso
 class PositionEncoding(nn.Module):
     """Base of every encoding: positions in, the contract's tensors out. One instance per stack.
 
-    Subclasses override what their contract needs; the defaults add nothing.
+    Subclasses override what their contract needs; the defaults add nothing. Each declares what it is, so
+    that the config's checks, the attention backends' errors, the model card and the tests read it here
+    instead of listing encoding names:
 
     Class attributes:
+        summary: one line on what the encoding does, with its paper (the model card and `--help` show it).
+        kind: `"absolute"` (a position is added to or multiplied into the embeddings), `"relative"` (attention
+            depends on positions only through `j - i`, so shifting every position changes nothing) or `"none"`.
         adds_score_bias: the encoding hands the attention kernel a `position_bias` (no flash-attention).
         needs_attention_weights: a layer term needs the attention probabilities (eager attention only).
         bounded_by_max_positions: positions past `config.max_position_embeddings` are an error (a table).
     """
 
+    summary: ClassVar[str]
+    kind: ClassVar[Literal["absolute", "relative", "none"]]
     adds_score_bias: ClassVar[bool] = False
     needs_attention_weights: ClassVar[bool] = False
     bounded_by_max_positions: ClassVar[bool] = False
+
+    @classmethod
+    def check_config(cls, config) -> None:
+        """Raise `ValueError`, saying what to change, when this encoding cannot be built with `config` (its own
+        fields, such as `rope_theta`, or what it needs of the others). Called when the config selects it."""
 
     def __init__(self, config, num_heads: int, causal: bool) -> None:
         super().__init__()
@@ -155,6 +168,9 @@ class NoPositionEncoding(PositionEncoding):
     decoder still sees order through its causal mask.
     """
 
+    summary = "no position information: the encoder sees a bag of tokens, the decoder order only through its mask"
+    kind = "none"
+
 
 class SinusoidalPositionEncoding(PositionEncoding):
     """`sinusoidal`: the fixed sinusoids of Vaswani et al. (2017), "Attention Is All You Need", added to
@@ -162,6 +178,9 @@ class SinusoidalPositionEncoding(PositionEncoding):
 
     Checked against transformers' `MarianMTModel` on identical weights. Defined for every position.
     """
+
+    summary = "fixed sinusoids added to the token embeddings (Vaswani et al., 2017)"
+    kind = "absolute"
 
     def embed(self, inputs_embeds: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
         return inputs_embeds + sinusoids(position_ids, self.d_model).to(inputs_embeds.dtype)
@@ -171,6 +190,8 @@ class LearnedPositionEncoding(PositionEncoding):
     """`learned`: a trained absolute table of `max_position_embeddings` rows added to the embeddings,
     as in BERT and Gehring et al. (2017): `h = E[x] * s + P[p]`. Positions past the table raise."""
 
+    summary = "a trained table of absolute positions added to the embeddings (Gehring et al., 2017)"
+    kind = "absolute"
     bounded_by_max_positions = True
 
     def __init__(self, config, num_heads: int, causal: bool) -> None:
@@ -186,8 +207,8 @@ class LearnedPositionEncoding(PositionEncoding):
             raise ValueError(
                 f"position_encoding='learned' has a table of max_position_embeddings={table_size} positions, "
                 f"but position {int(position_ids.max())} was requested. Shorten or split the input, or use "
-                f"a model with a larger max_position_embeddings (or an encoding that extrapolates, e.g. "
-                f"'sinusoidal', 'rope', 'alibi', 't5')."
+                f"a model with a larger max_position_embeddings (or an encoding that extrapolates: "
+                f"{', '.join(encodings_where(lambda encoding: not encoding.bounded_by_max_positions))})."
             )
         return inputs_embeds + self.embeddings(position_ids)
 
@@ -202,6 +223,16 @@ class HadamardPositionEncoding(PositionEncoding):
     sinusoids), and carries a clear position signal from the first step. Being built on sinusoids, it
     is defined for every position.
     """
+
+    summary = "fixed sinusoids multiplied into the token embeddings, with a learned gain per feature"
+    kind = "absolute"
+
+    @classmethod
+    def check_config(cls, config) -> None:
+        if not 0 <= config.hadamard_gain < 1:
+            raise ValueError(
+                f"hadamard_gain must be in [0, 1) so that 1 + gain*sin never reaches zero, got {config.hadamard_gain}."
+            )
 
     def __init__(self, config, num_heads: int, causal: bool) -> None:
         super().__init__(config, num_heads, causal)
@@ -227,6 +258,21 @@ class RotaryPositionEncoding(PositionEncoding):
     `<R_p q, R_r k>` depends on `p - r` only. Same convention as transformers' Llama (`rotate_half`),
     checked against `LlamaRotaryEmbedding` + `apply_rotary_pos_emb`. Self-attention only.
     """
+
+    summary = "queries and keys rotated by their positions, so their product depends on j - i (Su et al., 2021)"
+    kind = "relative"
+
+    @classmethod
+    def check_config(cls, config) -> None:
+        if config.rope_theta <= 0:
+            raise ValueError(f"rope_theta must be positive, got {config.rope_theta}.")
+        for name in ("encoder_attention_heads", "decoder_attention_heads"):
+            head_size = config.d_model // getattr(config, name)
+            if head_size % 2:
+                raise ValueError(
+                    f"position_encoding='rope' rotates pairs of dimensions, so the head size d_model / {name} "
+                    f"= {head_size} must be even. Change d_model or {name}."
+                )
 
     def __init__(self, config, num_heads: int, causal: bool) -> None:
         super().__init__(config, num_heads, causal)
@@ -290,7 +336,16 @@ class T5PositionEncoding(PositionEncoding):
     "Exploring the Limits of Transfer Learning"). Bidirectional buckets in the encoder, causal buckets
     in the decoder; one table per stack, shared by its layers, as in T5. Defined for every distance."""
 
+    summary = "a learned scalar per head and log-spaced distance bucket, added to the scores (Raffel et al., 2020)"
+    kind = "relative"
     adds_score_bias = True
+
+    @classmethod
+    def check_config(cls, config) -> None:
+        if config.t5_num_buckets < 4:
+            raise ValueError(f"t5_num_buckets must be at least 4, got {config.t5_num_buckets}.")
+        if config.t5_max_distance <= 0:
+            raise ValueError(f"t5_max_distance must be a positive integer, got {config.t5_max_distance}.")
 
     def __init__(self, config, num_heads: int, causal: bool) -> None:
         super().__init__(config, num_heads, causal)
@@ -327,6 +382,8 @@ class AlibiPositionEncoding(PositionEncoding):
     (Press et al., 2022). In the decoder only `j <= i` is visible, so this is the paper's causal
     `-m_h * (i - j)`; in the encoder the distance is symmetric. No parameters; any length."""
 
+    summary = "a fixed penalty on the scores, linear in the distance, with one slope per head (Press et al., 2022)"
+    kind = "relative"
     adds_score_bias = True
 
     def attention_positions(self, query_positions: torch.Tensor, key_positions: torch.Tensor) -> AttentionPositions:
@@ -351,8 +408,15 @@ class ShawPositionEncoding(PositionEncoding):
     the model's attention implementation (the results are the same). Defined for every distance.
     """
 
+    summary = "learned key and value vectors per clipped distance, in every layer (Shaw et al., 2018)"
+    kind = "relative"
     adds_score_bias = True
     needs_attention_weights = True
+
+    @classmethod
+    def check_config(cls, config) -> None:
+        if config.shaw_max_distance <= 0:
+            raise ValueError(f"shaw_max_distance must be a positive integer, got {config.shaw_max_distance}.")
 
     def __init__(self, config, num_heads: int, causal: bool) -> None:
         super().__init__(config, num_heads, causal)
@@ -400,6 +464,8 @@ class TransformerXLPositionEncoding(PositionEncoding):
     `q k` runs in the attention kernel, the rest is its `position_bias`. Defined for every distance.
     """
 
+    summary = "sinusoids of the distance projected per layer, with content and position biases (Dai et al., 2019)"
+    kind = "relative"
     adds_score_bias = True
 
     def attention_positions(self, query_positions: torch.Tensor, key_positions: torch.Tensor) -> AttentionPositions:
@@ -452,3 +518,8 @@ POSITION_ENCODINGS: dict[str, type[PositionEncoding]] = {
     "rope": RotaryPositionEncoding,
 }
 """Name (the config's `position_encoding`) -> class. Adding an encoding: one class and one line here."""
+
+
+def encodings_where(condition: Callable[[type[PositionEncoding]], bool]) -> list[str]:
+    """The registered names whose class meets `condition`, e.g. `encodings_where(lambda e: e.kind == "relative")`."""
+    return [name for name, encoding in POSITION_ENCODINGS.items() if condition(encoding)]

@@ -14,18 +14,18 @@ IDS = dict(pad_token_id=0, bos_token_id=1, eos_token_id=2, decoder_start_token_i
 
 def test_preset_then_overrides_then_tokenizer_ids():
     model_args, data_args, train_args = parse_args(["--model_size", "base", "--d_model", "384", "--dropout", "0.2"])
-    config = build_config(model_args, vocab_size=777, special_ids=IDS, label_smoothing=0.1)
+    config = build_config(model_args, vocab_size=777, special_ids=IDS)
     assert isinstance(config, PosformerConfig)
     assert config.d_model == 384 and config.dropout == 0.2 and config.vocab_size == 777
     assert config.encoder_layers == MODEL_SIZES["base"]["encoder_layers"] == 6
-    assert config.label_smoothing == 0.1 and data_args.source_lang == "en" and train_args.max_tokens == 4096
+    assert not hasattr(config, "label_smoothing") and data_args.source_lang == "en" and train_args.max_tokens == 4096
 
 
 def test_every_user_facing_config_field_is_an_argument():
     model_args, _, _ = parse_args([])
     for name in PosformerConfig.__annotations__:
         if name not in {"vocab_size", "pad_token_id", "bos_token_id", "eos_token_id", "decoder_start_token_id",
-                        "use_cache", "is_encoder_decoder", "is_decoder", "label_smoothing"}:  # fmt: skip
+                        "use_cache", "is_encoder_decoder", "is_decoder"}:  # fmt: skip
             assert hasattr(model_args, name), name
 
 

@@ -26,18 +26,17 @@ from posformer.modeling.position_encodings import (
     T5PositionEncoding,
     alibi_slopes,
     apply_rotary,
+    encodings_where,
     sinusoids,
     t5_relative_position_bucket,
 )
 
-# Encoding-specific maths: which encodings make attention depend on i - j only, and which add an
-# absolute position to the embeddings. `test_every_encoding_is_classified` makes a new encoding pick one.
-RELATIVE = ("shaw", "t5", "alibi", "rope", "transformer_xl")
-ABSOLUTE = ("sinusoidal", "learned", "hadamard")
-SHIFT_INVARIANT = (*RELATIVE, "none")
-# Derived from the registry, so that a new encoding is covered automatically.
-ORDER_AWARE = tuple(name for name in POSITION_ENCODINGS if name != "none")
-EXTRAPOLATING = tuple(name for name in POSITION_ENCODINGS if name != "learned")
+# What each encoding declares about itself (its class attributes), so that a new encoding is covered here
+# by what it says it is; `test_every_encoding_declares_what_it_is` checks that the declarations are complete.
+ABSOLUTE = tuple(encodings_where(lambda encoding: encoding.kind == "absolute"))
+SHIFT_INVARIANT = tuple(encodings_where(lambda encoding: encoding.kind != "absolute"))
+ORDER_AWARE = tuple(encodings_where(lambda encoding: encoding.kind != "none"))
+EXTRAPOLATING = tuple(encodings_where(lambda encoding: not encoding.bounded_by_max_positions))
 
 PAD = 0  # tiny_config's pad_token_id
 
@@ -64,9 +63,16 @@ def right_padded_source(length: int = 9) -> tuple[torch.Tensor, torch.Tensor]:
     return input_ids, attention_mask
 
 
-def test_every_encoding_is_classified():
-    assert set(RELATIVE) | set(ABSOLUTE) | {"none"} == set(POSITION_ENCODINGS)
-    assert not set(RELATIVE) & set(ABSOLUTE)
+@pytest.mark.parametrize("name", sorted(POSITION_ENCODINGS))
+def test_every_encoding_declares_what_it_is(name):
+    """A kind, a one-line summary that names its paper (the model card and `--help` show it), and a docstring
+    that opens with its registry name."""
+    encoding = POSITION_ENCODINGS[name]
+    assert encoding.kind in ("absolute", "relative", "none")
+    assert encoding.summary and "\n" not in encoding.summary and len(encoding.summary) <= 110
+    assert encoding.summary[0].islower() and not encoding.summary.endswith(".")  # reads after "name: "
+    assert encoding.__doc__.startswith(f"`{name}`: ")
+    assert (name == "none") == (encoding.kind == "none")
 
 
 # --------------------------------------------------------------------------------------------------

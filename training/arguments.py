@@ -19,6 +19,7 @@ import yaml
 from transformers import HfArgumentParser
 
 from ..configuration.configuration_posformer import PosformerConfig
+from ..modeling.position_encodings import POSITION_ENCODINGS
 
 MODEL_SIZES: dict[str, dict[str, int | float]] = {
     # the default: the built-in corpus on 2 CPU cores in the README's time budget
@@ -38,7 +39,7 @@ MODEL_SIZES: dict[str, dict[str, int | float]] = {
 # Config fields that the data or the training recipe decide, not the user's model choice.
 NOT_MODEL_OPTIONS = {
     "vocab_size", "pad_token_id", "bos_token_id", "eos_token_id", "decoder_start_token_id",
-    "use_cache", "is_encoder_decoder", "is_decoder", "label_smoothing", "position_encoding",
+    "use_cache", "is_encoder_decoder", "is_decoder", "position_encoding",
 }  # fmt: skip
 
 
@@ -70,7 +71,14 @@ class ModelChoice:
     model_size: str = field(
         default="tiny", metadata={"help": f"Named size preset: {', '.join(MODEL_SIZES)} (base/big: the paper's)."}
     )
-    position_encoding: str = field(default="sinusoidal", metadata={"help": "Position encoding (see README)."})
+    position_encoding: str = field(
+        default="sinusoidal",
+        metadata={
+            "help": "Position encoding (README: Position encodings). "
+            + "; ".join(f"{name}: {encoding.summary}" for name, encoding in POSITION_ENCODINGS.items()),
+            "choices": list(POSITION_ENCODINGS),
+        },
+    )
 
     def __post_init__(self) -> None:
         if self.model_size not in MODEL_SIZES:
@@ -246,7 +254,7 @@ def _arguments_from_file(path: Path) -> list[str]:
     return arguments
 
 
-def build_config(model_args, vocab_size: int, special_ids: dict[str, int], label_smoothing: float) -> PosformerConfig:
+def build_config(model_args, vocab_size: int, special_ids: dict[str, int]) -> PosformerConfig:
     """The PosformerConfig of a run: preset, then the user's overrides, then the tokenizer's ids."""
     values = dict(MODEL_SIZES[model_args.model_size])
     for name, _, _ in _model_override_fields():
@@ -256,6 +264,5 @@ def build_config(model_args, vocab_size: int, special_ids: dict[str, int], label
         **values,
         position_encoding=model_args.position_encoding,
         vocab_size=vocab_size,
-        label_smoothing=label_smoothing,
         **special_ids,
     )

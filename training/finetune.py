@@ -11,11 +11,8 @@ Every `Seq2SeqTrainingArguments` option works (`--gradient_accumulation_steps`, 
 laid out as `training/data.py` describes). Pairs are truncated to `--max_source_length`/`--max_target_length`.
 
 Label smoothing: `--label_smoothing_factor` (the Trainer's `LabelSmoother`, applied to the logits) is the only
-smoothing during fine-tuning. A pre-trained posformer stores the smoothing of its own recipe in
-`config.label_smoothing` (0.1 by default) and its loss would smooth as well, so the model's is set to 0 here:
-`--label_smoothing_factor 0` (the default) really trains on plain cross-entropy, and no token is smoothed twice.
-Both losses divide the summed token loss by the Trainer's `num_items_in_batch`, so gradient accumulation gives the
-update of the equivalent large batch. The fine-tuned config is saved with `label_smoothing=0.0`.
+smoothing, as for any transformers model: posformer's own loss is plain cross-entropy. Both divide the summed token
+loss by the Trainer's `num_items_in_batch`, so gradient accumulation gives the update of the equivalent large batch.
 
 Decoding for `--predict_with_generate` follows the checkpoint's generation config (posformer-train exports beam 4,
 `max_new_tokens=256`) unless `--generation_num_beams`/`--generation_max_length` say otherwise. transformers would let
@@ -52,8 +49,6 @@ from .arguments import DataSourceArguments
 from .data import load_parallel_data, source_target_pairs
 from .metrics import compute_translation_scores
 
-logger = logging.getLogger(__name__)
-
 
 @dataclass
 class FinetuneArguments(DataSourceArguments):
@@ -82,19 +77,6 @@ def parse_args(argv: list[str] | None = None) -> tuple[FinetuneArguments, Seq2Se
     parser = HfArgumentParser((FinetuneArguments, Seq2SeqTrainingArguments), prog="posformer-finetune")
     args = sys.argv[1:] if argv is None else argv
     return tuple(parser.parse_args_into_dataclasses(args=args, return_remaining_strings=False))
-
-
-def load_model(model_name_or_path: str) -> PreTrainedModel:
-    """The checkpoint, with its own label smoothing switched off (the Trainer's `--label_smoothing_factor` rules)."""
-    model = AutoModelForSeq2SeqLM.from_pretrained(model_name_or_path)
-    if getattr(model.config, "label_smoothing", 0.0):
-        logger.info(
-            "The checkpoint's config.label_smoothing=%s is set to 0; fine-tuning smooths with "
-            "--label_smoothing_factor only.",
-            model.config.label_smoothing,
-        )
-        model.config.label_smoothing = 0.0
-    return model
 
 
 def limit_generation_length(model: PreTrainedModel, generation_max_length: int | None) -> None:
@@ -200,7 +182,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     args, training_args = parse_args(argv)
     set_seed(training_args.seed)
     tokenizer = AutoTokenizer.from_pretrained(args.model_name_or_path)
-    model = load_model(args.model_name_or_path)
+    model = AutoModelForSeq2SeqLM.from_pretrained(args.model_name_or_path)
     limit_generation_length(model, training_args.generation_max_length)
     data = prepare_data(args, training_args, tokenizer)
     trainer = build_trainer(model, tokenizer, data, training_args)

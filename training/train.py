@@ -264,9 +264,7 @@ class Trainer:
         return tokenizer, pairs
 
     def _build_model(self) -> PosformerForConditionalGeneration:
-        config = build_config(
-            self.model_args, len(self.tokenizer), special_token_ids(self.tokenizer), self.args.label_smoothing
-        )
+        config = build_config(self.model_args, len(self.tokenizer), special_token_ids(self.tokenizer))
         table, longest = position_limit(config), max(self.data_args.max_source_length, self.data_args.max_target_length)
         if table is not None and longest > table:
             raise ValueError(
