@@ -37,19 +37,20 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from tqdm.auto import tqdm
 from transformers import AutoModelForSeq2SeqLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
+from posformer.modeling.atomic_io import atomic_directory, atomic_write_text
 from posformer.modeling.position_encodings import POSITION_ENCODINGS
 from posformer.training.arguments import parse_args
 from posformer.training.attention_maps import attention_maps, plot_attention_maps
 from posformer.training.data import load_or_train_tokenizer, load_parallel_data, prepare_splits
-from posformer.training.export import atomic_directory, atomic_write_bytes, atomic_write_text
 from posformer.training.metrics import compute_translation_scores
-from posformer.training.train import RESULTS_FILE, checkpoints
+from posformer.training.plots import write_png
+from posformer.training.run_folder import METRICS_FILE, MODEL_DIR, RESULTS_FILE, checkpoints, is_finished, read_metrics
 from posformer.training.train import main as train_main
+from posformer.training.translation import generation_budget, translate
 
 # Defaults of the two modes. --quick: the whole study (9 encodings, 1 seed) in under 20 minutes on 2 CPU cores,
 # calibrated there (docs/position_encodings.md): at this budget many small batches beat fewer large ones.
@@ -128,7 +129,7 @@ def _fill_length_defaults(args: argparse.Namespace) -> None:
     args.bucket_width = args.bucket_width or max(1, args.max_length // 2)
     args.max_bucket_length = args.max_bucket_length or 4 * args.max_length
     args.attention_length = args.attention_length or 2 * args.max_length
-    args.max_position_embeddings = args.max_position_embeddings or max_new_tokens(args.max_bucket_length) + 2
+    args.max_position_embeddings = args.max_position_embeddings or generation_budget(args.max_bucket_length) + 2
 
 
 def _validate(args: argparse.Namespace) -> None:
@@ -143,11 +144,6 @@ def _validate(args: argparse.Namespace) -> None:
         raise ValueError(
             f"--max_length {args.max_length} / --max_bucket_length {args.max_bucket_length}: need 2 <= L < longest."
         )
-
-
-def max_new_tokens(source_length: int) -> int:
-    """Generation budget for a source of `source_length` tokens (the training loop's rule)."""
-    return int(source_length * 1.5) + 10
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -202,7 +198,7 @@ def run_dir(out_dir: Path, encoding: str, seed: int) -> Path:
 def run_arguments(args: argparse.Namespace, out_dir: Path, encoding: str, seed: int) -> list[str] | None:
     """posformer-train arguments of one run, resuming from its last checkpoint; None when it has finished."""
     folder = run_dir(out_dir, encoding, seed)
-    if (folder / RESULTS_FILE).is_file() and (folder / "model").is_dir():
+    if is_finished(folder):
         return None
     resume = ["--resume_from_checkpoint", "latest"] if checkpoints(folder) else []
     common = common_train_arguments(args, out_dir / "tokenizer")
@@ -260,14 +256,10 @@ def train_runs(args: argparse.Namespace, out_dir: Path, runs: list[tuple[str, in
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def read_metrics(folder: Path) -> list[dict]:
-    return [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines() if line.strip()]
-
-
 def run_summary(folder: Path, model: PreTrainedModel) -> dict[str, float]:
     """Test BLEU/chrF, last validation loss, median training tokens/s over logging windows, parameter count."""
     results = json.loads((folder / RESULTS_FILE).read_text())
-    records = read_metrics(folder)
+    records = read_metrics(folder / METRICS_FILE)
     speeds = [record["target_tokens_per_second"] for record in records if "target_tokens_per_second" in record]
     losses = [record["eval_loss"] for record in records if "eval_loss" in record]
     return {
@@ -381,31 +373,14 @@ def build_long_inputs(test_pairs, tokenizer: PreTrainedTokenizerBase, buckets: l
     return {bucket: join_consecutive_pairs(sources, targets, count_tokens, bucket, limit) for bucket in buckets}
 
 
-@torch.no_grad()
-def translate(
-    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, sources: list[str], num_beams: int | None, batch: int
-) -> list[str]:
-    """Translations with the model's generation config (or `num_beams` beams), length-sorted batches, input order."""
-    model.eval()
-    order = sorted(range(len(sources)), key=lambda i: len(sources[i]))
-    translations: dict[int, str] = {}
-    beams = {} if num_beams is None else {"num_beams": num_beams}
-    for start in range(0, len(order), batch):
-        indices = order[start : start + batch]
-        encoded = tokenizer([sources[i] for i in indices], padding=True, return_tensors="pt").to(model.device)
-        generated = model.generate(**encoded, **beams, max_new_tokens=max_new_tokens(encoded["input_ids"].shape[1]))
-        for index, text in zip(indices, tokenizer.batch_decode(generated, skip_special_tokens=True), strict=True):
-            translations[index] = text
-    return [translations[i] for i in range(len(sources))]
-
-
 def score_buckets(model, tokenizer, long_inputs: dict, num_beams: int | None, batch: int) -> list[dict]:
     """BLEU and chrF of one model on every non-empty bucket."""
     rows = []
     for bucket, pairs in long_inputs.items():
         if not pairs:
             continue
-        hypotheses = translate(model, tokenizer, [source for source, _ in pairs], num_beams, batch)
+        beams = {} if num_beams is None else {"num_beams": num_beams}
+        hypotheses = translate(model, tokenizer, [source for source, _ in pairs], batch, **beams)
         scores = compute_translation_scores(hypotheses, [target for _, target in pairs])
         rows.append({"bucket_low": bucket.low, "bucket_high": bucket.high, "midpoint": bucket.midpoint,
                      "inputs": len(pairs), "bleu": scores["bleu"], "chrf": scores["chrf"]})  # fmt: skip
@@ -430,9 +405,7 @@ def plot_length_extrapolation(rows: list[dict], max_length: int, out_png: Path) 
         axes.set(xlabel="source length (tokens, bucket midpoint)", ylabel=label, title=f"Length extrapolation: {label}")
         axes.grid(alpha=0.3)
         axes.legend(fontsize=8)
-    buffer = io.BytesIO()
-    FigureCanvasAgg(figure).print_png(buffer)
-    return atomic_write_bytes(out_png, buffer.getvalue())
+    return write_png(figure, out_png)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -451,7 +424,7 @@ def attention_pair(long_inputs: dict, length: int) -> tuple[str, str]:
 
 def evaluate_run(args, folder: Path, encoding: str, seed: int, long_inputs: dict, attention: tuple[str, str]):
     """Summary numbers and per-bucket scores of one finished run; draws its attention maps for the first seed."""
-    model_dir = folder / "model"
+    model_dir = folder / MODEL_DIR
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForSeq2SeqLM.from_pretrained(model_dir)
     summary = run_summary(folder, model)

@@ -18,10 +18,11 @@ from pathlib import Path
 from transformers import MarianConfig, MarianMTModel
 
 from posformer.configuration import PosformerConfig
+from posformer.modeling.atomic_io import atomic_write_text
 from posformer.training.arguments import build_config, parse_args
 from posformer.training.data import special_token_ids
-from posformer.training.export import atomic_write_text
-from posformer.training.train import RESULTS_FILE, Trainer
+from posformer.training.loop import TrainingRun
+from posformer.training.run_folder import RESULTS_FILE
 from posformer.training.train import main as train_posformer
 
 
@@ -53,7 +54,7 @@ def marian_config(config: PosformerConfig) -> MarianConfig:
     )
 
 
-class MarianTrainer(Trainer):
+class MarianTrainingRun(TrainingRun):
     """posformer-train's loop around a Marian model; the end scores the test split (no posformer export)."""
 
     def _build_model(self) -> MarianMTModel:
@@ -75,7 +76,7 @@ def compare(out_dir: Path, extra: list[str]) -> dict:
     model_args, data_args, train_args = parse_args(
         [*common, "--output_dir", str(marian_dir), "--tokenizer_name", str(posformer_dir / "tokenizer")]
     )
-    peer = MarianTrainer(model_args, data_args, train_args).train()
+    peer = MarianTrainingRun(model_args, data_args, train_args).train()
     summary = {
         name: {key: results[key] for key in ("test_bleu", "test_chrf", "test_loss")}
         for name, results in (("posformer", ours), ("marian", peer))

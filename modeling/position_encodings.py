@@ -11,7 +11,7 @@ and handed to every layer as tensors; layers never look at the encoding's name:
 * **rotary** (`AttentionPositions.rotary`): `(cos, sin)` applied to queries and keys of
   self-attention (`rope`).
 * **bias** (`AttentionPositions.bias`): a `(B, H, q, k)` tensor added to the scaled scores of
-  self-attention and handed to the attention kernel as `position_bias` (`t5`, `alibi`).
+  self-attention and handed to the attention kernel as `position_bias` (`t5`, `alibi`, `fire`).
 * **relative terms** (`make_layer_term`): encodings whose score terms depend on each layer's queries
   (`shaw`, `transformer_xl`) get a small per-layer module; the stack computes the relative index
   (and, for Transformer-XL, the relative sinusoids) once and the layer module turns them into a score
@@ -392,6 +392,84 @@ class AlibiPositionEncoding(PositionEncoding):
         return AttentionPositions(bias=-slopes[None, :, None, None] * distance[:, None])
 
 
+class FirePositionEncoding(PositionEncoding):
+    """`fire`: functional interpolation for relative positions of Li et al. (2024), "Functional Interpolation
+    for Relative Positions Improves Long Context Transformers": a learned function of the normalised distance,
+    added to the scores,
+
+        `bias[h, i, j] = f_h(sign(i - j) * psi(|i - j|) / (psi(max(L, i, j)) + eps))`,  `psi(x) = log(|c| x + 1)`,
+
+    with `f(x) = W2 relu(w1 x + b1) + b2` an MLP from one input to `H` outputs, `c` a learned log scale and
+    `L = |threshold_scale| * 512` a learned threshold (the paper's reparametrisation: a learned multiplier of a
+    fixed 512). One function per stack, shared by its layers, as in the paper.
+
+    In the decoder only `j <= i` is visible, so this is the paper's causal `f(psi(i - j) / psi(max(L, i)))`. The
+    paper is decoder-only; for the bidirectional encoder we chose the sign, which keeps left and right apart (as
+    T5's bidirectional buckets do), and the normaliser `max(L, i, j)`, which keeps every MLP input within `[-1, 1]`
+    for non-negative positions. While both positions are below `L` the bias depends on `i - j` only (so shifting
+    them changes nothing, the sense in which it is relative); past `L` the distance is measured against the farther
+    position (progressive interpolation), so inputs longer than any seen in training are mapped into the range
+    the MLP was trained on instead of past it. Any length.
+
+    Checked against the paper's causal formula on identical weights (its MLP as two `nn.Linear` layers), values
+    written out by hand with `math.log` (below and past the threshold, the encoder's sign) and its properties
+    (shift invariance below `L`, equal bias for equal normalised distances past it, inputs within `[-1, 1]`).
+    """
+
+    summary = "a learned MLP of log-scaled, progressively interpolated distances, added to the scores (Li et al., 2024)"
+    kind = "relative"
+    adds_score_bias = True
+
+    # the paper's hyperparameters
+    MLP_WIDTH = 32
+    INITIAL_C = 0.1
+    INITIAL_THRESHOLD = 512.0  # L when threshold_scale = 1 (its initial value)
+    EPS = 1e-6
+
+    def __init__(self, config, num_heads: int, causal: bool) -> None:
+        super().__init__(config, num_heads, causal)
+        # plain parameters, not nn.Linear: transformers' `_init_weights` would give a Linear N(0, init_std) weights
+        # and zero biases, under which the ReLU MLP starts (almost) constant
+        self.mlp_in_weight = nn.Parameter(torch.empty(self.MLP_WIDTH))
+        self.mlp_in_bias = nn.Parameter(torch.empty(self.MLP_WIDTH))
+        self.mlp_out_weight = nn.Parameter(torch.empty(num_heads, self.MLP_WIDTH))
+        self.mlp_out_bias = nn.Parameter(torch.empty(num_heads))
+        self.c = nn.Parameter(torch.empty(()))
+        self.threshold_scale = nn.Parameter(torch.empty(()))
+        self.init_weights(config)
+
+    def psi(self, distance: torch.Tensor) -> torch.Tensor:
+        """The paper's log transform `psi(x) = log(|c| x + 1)` of distances `x >= 0`, in float32: it spreads
+        near distances apart and draws far ones together."""
+        return torch.log(self.c.float().abs() * distance + 1)
+
+    def normaliser(self, query_positions: torch.Tensor, key_positions: torch.Tensor) -> torch.Tensor:
+        """`psi(max(L, i, j)) + eps`, `(B, q, k)`: the same for every pair up to the threshold `L`, growing with
+        the farther position past it (progressive interpolation)."""
+        farthest = torch.maximum(query_positions[:, :, None], key_positions[:, None, :]).float()  # (B, q, k)
+        threshold = self.threshold_scale.float().abs() * self.INITIAL_THRESHOLD
+        return self.psi(torch.maximum(farthest, threshold)) + self.EPS
+
+    def attention_positions(self, query_positions: torch.Tensor, key_positions: torch.Tensor) -> AttentionPositions:
+        distance = -relative_distances(query_positions, key_positions).float()  # (B, q, k): i - j
+        inputs = distance.sign() * self.psi(distance.abs()) / self.normaliser(query_positions, key_positions)
+        inputs = inputs.to(self.mlp_in_weight.dtype)[..., None]  # (B, q, k, 1)
+        hidden = torch.relu(inputs * self.mlp_in_weight + self.mlp_in_bias)  # (B, q, k, MLP_WIDTH)
+        bias = nn.functional.linear(hidden, self.mlp_out_weight, self.mlp_out_bias)  # (B, q, k, H)
+        return AttentionPositions(bias=bias.permute(0, 3, 1, 2))
+
+    def init_weights(self, config) -> None:
+        # the paper's MLP is two nn.Linear layers at PyTorch's default, U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for
+        # weights and biases: fan_in 1, then MLP_WIDTH
+        init.uniform_(self.mlp_in_weight, -1.0, 1.0)
+        init.uniform_(self.mlp_in_bias, -1.0, 1.0)
+        bound = 1 / math.sqrt(self.MLP_WIDTH)
+        init.uniform_(self.mlp_out_weight, -bound, bound)
+        init.uniform_(self.mlp_out_bias, -bound, bound)
+        init.constant_(self.c, self.INITIAL_C)
+        init.constant_(self.threshold_scale, 1.0)
+
+
 # --------------------------------------------------------------------------------------------------
 # Relative terms computed in each layer
 # --------------------------------------------------------------------------------------------------
@@ -516,6 +594,7 @@ POSITION_ENCODINGS: dict[str, type[PositionEncoding]] = {
     "t5": T5PositionEncoding,
     "alibi": AlibiPositionEncoding,
     "rope": RotaryPositionEncoding,
+    "fire": FirePositionEncoding,
 }
 """Name (the config's `position_encoding`) -> class. Adding an encoding: one class and one line here."""
 

@@ -8,7 +8,7 @@ Someone with only transformers installed loads it with `trust_remote_code=True`:
 For that, `config.json` names the classes (`auto_map`) and the translation pipeline (`custom_pipelines`), and the
 files defining them sit beside the weights. Those files are posformer's own source (one source of truth), copied
 flat and with their package-relative imports rewritten, because transformers' dynamic-module loader only follows
-`from .name import ...` between files of one folder (docs: `/work/shared/notes/transformers5.md`, section 4).
+`from .name import ...` between files of one folder (`transformers.dynamic_module_utils.get_relative_imports`).
 The rewrite is strict: a relative import it does not know raises, so a later edit cannot ship broken code.
 
 `PosformerPreTrainedModel.save_pretrained` calls `save_remote_code` on every save.
@@ -17,7 +17,6 @@ The rewrite is strict: a relative import it does not know raises, so a later edi
 import ast
 import os
 import re
-import tempfile
 from pathlib import Path
 from types import ModuleType
 
@@ -25,6 +24,7 @@ from transformers import PreTrainedConfig
 
 from ..configuration import configuration_posformer, transformers_compat
 from . import modeling_posformer, pipeline_posformer, position_encodings
+from .atomic_io import atomic_write_text
 
 SOURCE_MODULES: tuple[ModuleType, ...] = (
     transformers_compat,
@@ -122,20 +122,6 @@ def check_not_posformer(module: str, path: Path, lineno: int) -> None:
         )
 
 
-def write_atomically(path: Path, text: str) -> None:
-    """Write `text` to `path` through a temporary file in the same folder and `os.replace`."""
-    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as file:
-            file.write(text)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-
-
 def remote_code_file_names() -> list[str]:
     """Names of the code files `save_remote_code` writes."""
     return [Path(module.__file__).name for module in SOURCE_MODULES]
@@ -154,7 +140,7 @@ def save_remote_code(config: PreTrainedConfig, save_directory: str | os.PathLike
     directory = Path(save_directory)
     directory.mkdir(parents=True, exist_ok=True)
     for name, text in files.items():
-        write_atomically(directory / name, text)
+        atomic_write_text(directory / name, text)
     add_remote_code_entries(config)
 
 

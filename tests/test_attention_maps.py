@@ -102,4 +102,4 @@ def test_cli_runs_as_a_module_on_a_saved_model(tokenizer, tmp_path):
     out = tmp_path / "maps.png"
     command = [sys.executable, "-m", "posformer.training.attention_maps", str(model_dir), SOURCE, "--out", str(out)]
     completed = subprocess.run([*command, "--target", TARGET], capture_output=True, text=True, check=True)
-    assert "▁Datei" in completed.stdout and out.read_bytes()[:8] == PNG_SIGNATURE
+    assert "▁Datei" in completed.stderr and out.read_bytes()[:8] == PNG_SIGNATURE

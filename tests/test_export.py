@@ -14,15 +14,11 @@ from transformers import AutoModelForSeq2SeqLM, AutoTokenizer, PreTrainedTokeniz
 
 from conftest import tiny_config
 from posformer.modeling import PosformerForConditionalGeneration
-from posformer.training.export import (
-    MODEL_CARD_TEMPLATE,
-    atomic_directory,
-    atomic_write_text,
-    average_checkpoints,
-    export_model,
-    plot_training_curves,
-    render_model_card,
-)
+from posformer.modeling.atomic_io import atomic_directory, atomic_write_text
+from posformer.training.checkpoint_averaging import average_checkpoints
+from posformer.training.export import export_model
+from posformer.training.model_card import MODEL_CARD_TEMPLATE, render_model_card
+from posformer.training.plots import plot_training_curves
 
 SENTENCES = [
     "The file could not be opened.",

@@ -14,7 +14,7 @@ from huggingface_hub import HfApi
 from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
 from conftest import FAST_RUN, TINY_RUN, toy_data_arguments
-from posformer.training.export import average_checkpoints
+from posformer.training.checkpoint_averaging import average_checkpoints
 from posformer.training.export_cli import NOT_SCORED, cli, export_run
 from posformer.training.train import main
 

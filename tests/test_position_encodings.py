@@ -11,6 +11,7 @@ import math
 
 import pytest
 import torch
+from torch import nn
 from transformers import LlamaConfig, T5Config
 from transformers.models.bloom.modeling_bloom import build_alibi_tensor
 from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding, apply_rotary_pos_emb
@@ -22,6 +23,7 @@ from posformer.configuration.transformers_compat import CACHE_NAME
 from posformer.modeling import POSITION_ENCODINGS, PosformerForConditionalGeneration
 from posformer.modeling.position_encodings import (
     AlibiPositionEncoding,
+    FirePositionEncoding,
     RotaryPositionEncoding,
     T5PositionEncoding,
     alibi_slopes,
@@ -43,12 +45,13 @@ PAD = 0  # tiny_config's pad_token_id
 
 def build(position_encoding: str, attn_implementation: str = "eager", **overrides):
     """A tiny model in eval mode whose every weight is random and far from its init (LayerNorm gains not 1,
-    biases and Transformer-XL's u, v not 0, T5/Shaw tables not near 0), so that position terms show."""
+    biases and Transformer-XL's u, v not 0, T5/Shaw tables not near 0), so that position terms show. FIRE's threshold
+    scale stays near 1 (L near 512, past every position here, where FIRE is shift invariant)."""
     config = tiny_config(position_encoding, **overrides)
     model = PosformerForConditionalGeneration._from_config(config, attn_implementation=attn_implementation)
     with torch.no_grad():
         for name, parameter in model.named_parameters():
-            if "layer_norm.weight" in name:
+            if "layer_norm.weight" in name or name.endswith("threshold_scale"):
                 parameter.copy_(1 + 0.2 * torch.randn_like(parameter))
             else:
                 parameter.copy_(0.3 * torch.randn_like(parameter))
@@ -168,6 +171,195 @@ def test_alibi_bias_is_minus_slope_times_distance(causal):
         ]
     )
     torch.testing.assert_close(bias, expected, atol=1e-6, rtol=0)
+
+
+# --------------------------------------------------------------------------------------------------
+# FIRE
+# --------------------------------------------------------------------------------------------------
+
+
+def fire_encoding(causal: bool, identity: bool = False, threshold: float = 512.0, c: float = 0.1):
+    """A 4-head FIRE encoding whose MLP gives every head `relu(x)` of its input `x` (one hidden unit) or, with
+    `identity`, `relu(x) - relu(-x) = x` (two), so that the bias shows the input; `threshold` is `L`, `c` the scale."""
+    encoding = FirePositionEncoding(tiny_config("fire"), num_heads=4, causal=causal)
+    with torch.no_grad():
+        for parameter in (encoding.mlp_in_weight, encoding.mlp_in_bias, encoding.mlp_out_weight, encoding.mlp_out_bias):
+            parameter.zero_()
+        encoding.mlp_in_weight[0], encoding.mlp_out_weight[:, 0] = 1.0, 1.0
+        if identity:
+            encoding.mlp_in_weight[1], encoding.mlp_out_weight[:, 1] = -1.0, -1.0
+        encoding.threshold_scale.fill_(threshold / 512)
+        encoding.c.fill_(c)
+    return encoding
+
+
+def fire_bias(encoding: FirePositionEncoding, queries: list[int], keys: list[int]) -> torch.Tensor:
+    """The `(q, k)` bias for one row of query and key positions, checked to be `(1, H, q, k)` and the same in every
+    head (as `fire_encoding`'s MLP makes it)."""
+    bias = encoding.attention_positions(torch.tensor([queries]), torch.tensor([keys])).bias
+    assert bias.shape == (1, 4, len(queries), len(keys))
+    torch.testing.assert_close(bias, bias[:, :1].expand_as(bias), atol=0, rtol=0)
+    return bias[0, 0]
+
+
+@torch.no_grad()
+def test_fire_decoder_bias_by_hand():
+    """Below the threshold L = 512 every visible pair (j <= i) gets relu(psi(i - j) / (psi(L) + eps)), psi(x) =
+    log(0.1 x + 1)."""
+    bias = fire_bias(fire_encoding(causal=True), [5, 7], [0, 2, 5])
+    normaliser = math.log(0.1 * 512 + 1) + 1e-6
+    expected = [[math.log(1.5), math.log(1.3), 0.0], [math.log(1.7), math.log(1.5), math.log(1.2)]]
+    torch.testing.assert_close(bias, torch.tensor(expected) / normaliser, atol=1e-7, rtol=1e-6)
+
+
+@torch.no_grad()
+def test_fire_bias_past_the_threshold_by_hand():
+    """L = 4: a query below it is normalised by psi(4), one past it by psi(i), its own position (progressive
+    interpolation); the future key of the first row (masked in the decoder) gets relu of a negative input, 0."""
+    bias = fire_bias(fire_encoding(causal=True, threshold=4.0), [3, 10], [0, 1, 3, 10])
+    psi_4, psi_10 = math.log(1.4) + 1e-6, math.log(2.0) + 1e-6
+    expected = [
+        [math.log(1.3) / psi_4, math.log(1.2) / psi_4, 0.0, 0.0],
+        [math.log(2.0) / psi_10, math.log(1.9) / psi_10, math.log(1.7) / psi_10, 0.0],
+    ]
+    torch.testing.assert_close(bias, torch.tensor(expected), atol=1e-7, rtol=1e-6)
+
+
+@torch.no_grad()
+def test_fire_encoder_bias_keeps_left_and_right_apart_by_hand():
+    """Bidirectional, f(x) = x: keys after the query get the negated input of keys as far before it, and the
+    normaliser is psi of the farther of the two positions (L = 4): psi(max(L, i, j))."""
+    bias = fire_bias(fire_encoding(causal=False, identity=True, threshold=4.0), [2, 6], [0, 2, 6, 10])
+    psi_4, psi_6, psi_10 = math.log(1.4) + 1e-6, math.log(1.6) + 1e-6, math.log(2.0) + 1e-6
+    expected = [
+        [math.log(1.2) / psi_4, 0.0, -math.log(1.4) / psi_6, -math.log(1.8) / psi_10],
+        [math.log(1.6) / psi_6, math.log(1.4) / psi_6, 0.0, -math.log(1.4) / psi_10],
+    ]
+    torch.testing.assert_close(bias, torch.tensor(expected), atol=1e-7, rtol=1e-6)
+    positions = [0, 3, 9, 40, 700]
+    square = fire_bias(fire_encoding(causal=False, identity=True, threshold=4.0), positions, positions)
+    torch.testing.assert_close(square, -square.T, atol=0, rtol=0)
+
+
+def papers_causal_fire(length: int, mlp: nn.Module, c: torch.Tensor, threshold_scale: torch.Tensor) -> torch.Tensor:
+    """Li et al. (2024)'s decoder bias for positions `0 .. length-1`, `(1, H, length, length)`, computed the way the
+    paper's reference code computes it: the normaliser is the query position thresholded at `|scale * 512|`, the
+    MLP two `nn.Linear` layers, and the future half (masked there) is the mirror image of the past."""
+    positions = torch.arange(length, dtype=torch.float32)
+    distance = torch.log(torch.abs(c * (positions[:, None] - positions[None, :])) + 1)
+    normaliser = torch.log(torch.abs(c * torch.max(positions, torch.abs(threshold_scale * 512.0))[:, None]) + 1) + 1e-6
+    return mlp((distance / normaliser)[..., None]).permute(2, 0, 1)[None]
+
+
+@pytest.mark.parametrize("c, threshold_scale", [(0.1, 1.0), (0.7, 0.2), (-0.3, -0.02)], ids=["init", "L=102", "L=10"])
+@torch.no_grad()
+def test_fire_decoder_bias_matches_the_papers_formula_on_identical_weights(c, threshold_scale):
+    encoding = FirePositionEncoding(tiny_config("fire"), num_heads=4, causal=True)
+    encoding.c.fill_(c)
+    encoding.threshold_scale.fill_(threshold_scale)
+    mlp = nn.Sequential(nn.Linear(1, 32), nn.ReLU(), nn.Linear(32, 4))
+    mlp[0].weight.copy_(encoding.mlp_in_weight[:, None])
+    mlp[0].bias.copy_(encoding.mlp_in_bias)
+    mlp[2].weight.copy_(encoding.mlp_out_weight)
+    mlp[2].bias.copy_(encoding.mlp_out_bias)
+    length = 300
+    positions = torch.arange(length)[None]
+    actual = encoding.attention_positions(positions, positions).bias
+    expected = papers_causal_fire(length, mlp, encoding.c, encoding.threshold_scale)
+    visible = torch.ones(length, length, dtype=torch.bool).tril()
+    torch.testing.assert_close(actual[..., visible], expected[..., visible], atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("causal", [False, True], ids=["encoder", "decoder"])
+@torch.no_grad()
+def test_fire_bias_below_the_threshold_depends_on_i_minus_j_only(causal):
+    """With every position below L = 512, shifting them all leaves the bias (of a randomly initialised MLP)
+    unchanged to the bit."""
+    encoding = FirePositionEncoding(tiny_config("fire"), num_heads=4, causal=causal)
+    queries, keys = torch.tensor([[0, 3, 4, 9, 30], [1, 2, 3, 4, 5]]), torch.arange(40)[None].repeat(2, 1)
+    bias = encoding.attention_positions(queries, keys).bias
+    assert bias.std(dim=-1).min() > 1e-3  # it does vary with the distance
+    for offset in (1, 100, 471):  # 471: the farthest key at 510
+        shifted = encoding.attention_positions(queries + offset, keys + offset).bias
+        torch.testing.assert_close(shifted, bias, atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("causal", [False, True], ids=["encoder", "decoder"])
+@torch.no_grad()
+def test_fire_bias_past_the_threshold_depends_on_the_normalised_distance(causal):
+    """Past L (here 4) pairs at equal psi(|i - j|) / psi(max(i, j)) get equal bias however far apart they are: with
+    c = 1, psi(x) = log(x + 1), every pair (i, i - d) with d + 1 = sqrt(i + 1) is at 1/2. Control: pairs at the
+    same distance d = 4 but different positions do not."""
+    encoding = FirePositionEncoding(tiny_config("fire"), num_heads=4, causal=causal)
+    encoding.c.fill_(1.0)
+    encoding.threshold_scale.fill_(4 / 512)
+    queries = torch.tensor([[8, 24, 99, 120, 9800, 24, 120]])
+    keys = torch.tensor([[6, 20, 90, 110, 9702, 20, 116]])
+    bias = encoding.attention_positions(queries, keys).bias[0].diagonal(dim1=-2, dim2=-1)  # (H, pairs)
+    halves = bias[:, :5]
+    torch.testing.assert_close(halves, halves[:, :1].expand_as(halves), atol=1e-5, rtol=0)
+    assert (bias[:, 5] - bias[:, 6]).abs().max() > 1e-3  # d = 4 at positions 24 and 120
+    if not causal:  # the same pairs the other way round: equal among themselves, apart from the forward ones
+        backward = encoding.attention_positions(keys, queries).bias[0].diagonal(dim1=-2, dim2=-1)[:, :5]
+        torch.testing.assert_close(backward, backward[:, :1].expand_as(backward), atol=1e-5, rtol=0)
+        assert (backward - halves).abs().max() > 1e-3
+
+
+def fire_input_range(causal: bool, threshold: float) -> tuple[float, float]:
+    """The smallest and largest MLP input (f(x) = x) over query and key positions 0 .. 5000, every 7th and 5000."""
+    positions = torch.cat([torch.arange(0, 5000, 7), torch.tensor([5000])])[None]
+    inputs = fire_encoding(causal, identity=True, threshold=threshold).attention_positions(positions, positions).bias
+    return inputs.min().item(), inputs.max().item()
+
+
+@pytest.mark.parametrize("threshold", [512.0, 4.0])
+@pytest.mark.parametrize("causal", [False, True], ids=["encoder", "decoder"])
+@torch.no_grad()
+def test_fire_inputs_stay_within_minus_one_and_one_at_any_length(causal, threshold):
+    """Up to ten times the threshold and past, every MLP input is in [-1, 1], and the whole range is used (5000 and
+    0 are at +-1): lengths never seen in training are interpolated into the inputs it saw, not extrapolated."""
+    smallest, largest = fire_input_range(causal, threshold)
+    assert -1 <= smallest < -0.99 and 0.99 < largest <= 1
+
+
+@torch.no_grad()
+def test_fire_inputs_leave_minus_one_and_one_with_a_fixed_normaliser(monkeypatch):
+    """Control: with the normaliser fixed at its value below the threshold, psi(L) + eps (no progressive
+    interpolation), distances past L = 512 give inputs beyond [-1, 1] (psi(5000) / psi(512) = 1.58)."""
+    monkeypatch.setattr(
+        FirePositionEncoding,
+        "normaliser",
+        lambda self, queries, keys: self.psi(self.threshold_scale.abs() * self.INITIAL_THRESHOLD) + self.EPS,
+    )
+    smallest, largest = fire_input_range(causal=False, threshold=512.0)
+    assert smallest < -1.5 and largest > 1.5
+
+
+def test_fire_starts_at_the_papers_init_and_reloads_exactly(tmp_path):
+    """The model's `_init_weights` leaves FIRE at the paper's init (c = 0.1, L = 512, the MLP at PyTorch's
+    nn.Linear default rather than transformers' N(0, init_std) weights and zero biases, under which it would start
+    dead), and save -> reload gives back every FIRE parameter to the bit."""
+    model = PosformerForConditionalGeneration(tiny_config("fire"))
+    encodings = {"encoder": model.model.encoder.position_encoding, "decoder": model.model.decoder.position_encoding}
+    for encoding in encodings.values():
+        assert encoding.c.item() == pytest.approx(0.1, rel=1e-7) and encoding.threshold_scale.item() == 1.0
+        assert 0.2 < encoding.mlp_in_weight.abs().max() <= 1 and 0.2 < encoding.mlp_in_bias.abs().max() <= 1
+        bound = 1 / math.sqrt(32)
+        assert 0.05 < encoding.mlp_out_weight.abs().max() <= bound and 0 < encoding.mlp_out_bias.abs().max() <= bound
+        positions = torch.arange(20)[None]
+        assert encoding.attention_positions(positions, positions).bias.std() > 1e-3  # not dead: it varies
+
+    with torch.no_grad():  # away from the init, so that a reload which re-initialised would show
+        for encoding in encodings.values():
+            for parameter in encoding.parameters():
+                parameter.add_(0.1 * torch.randn_like(parameter))
+    model.save_pretrained(tmp_path)
+    again = PosformerForConditionalGeneration.from_pretrained(tmp_path)
+    reloaded = dict(again.named_parameters())
+    saved = {name: p for name, p in model.named_parameters() if ".position_encoding." in name}
+    assert len(saved) == 12  # 6 per stack
+    for name, parameter in saved.items():
+        assert torch.equal(reloaded[name], parameter), name
 
 
 # --------------------------------------------------------------------------------------------------

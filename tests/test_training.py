@@ -1,12 +1,13 @@
 """The training job end to end at tiny sizes: export that loads, exact resume, two processes, bad input."""
 
 import json
+import logging
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
-import warnings
 from pathlib import Path
 
 import pytest
@@ -16,9 +17,11 @@ from safetensors.torch import load_file
 from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
 from conftest import FAST_RUN, TINY_RUN, toy_data_arguments, toy_pairs, write_jsonl
-from posformer.training.export import LOSS_SERIES, SCORE_SERIES
 from posformer.training.export_cli import export_run
-from posformer.training.train import TrainingDivergedError, TrainingStoppedError, checkpoints, main
+from posformer.training.loop import TrainingDivergedError, TrainingStoppedError
+from posformer.training.plots import LOSS_SERIES, SCORE_SERIES
+from posformer.training.run_folder import checkpoints
+from posformer.training.train import main
 
 TINY_MODEL, FAST = TINY_RUN, FAST_RUN
 
@@ -33,13 +36,14 @@ def losses(output_dir: Path) -> dict[int, float]:
     return {record["step"]: record["train_loss"] for record in records if "train_loss" in record}
 
 
-def test_tiny_run_on_the_builtin_corpus_exports_a_model_that_loads_and_translates(tmp_path, capsys):
+def test_tiny_run_on_the_builtin_corpus_exports_a_model_that_loads_and_translates(tmp_path, caplog):
     out = tmp_path / "run"
-    results = main(
-        [*TINY_MODEL, *FAST, "--output_dir", str(out), "--max_train_samples", "2000", "--max_steps", "12",
-         "--eval_steps", "6", "--save_steps", "6", "--position_encoding", "alibi"]
-    )  # fmt: skip
-    printed = capsys.readouterr().out
+    with caplog.at_level(logging.INFO, logger="posformer"):
+        results = main(
+            [*TINY_MODEL, *FAST, "--output_dir", str(out), "--max_train_samples", "2000", "--max_steps", "12",
+             "--eval_steps", "6", "--save_steps", "6", "--position_encoding", "alibi"]
+        )  # fmt: skip
+    printed = caplog.text
     assert "Test BLEU" in printed and "translation:" in printed
     assert 0 <= results["test_bleu"] <= 100 and results["test_chrf"] > 0 and len(results["samples"]) == 2
     model_dir = out / "model"
@@ -62,7 +66,7 @@ def test_tiny_run_on_the_builtin_corpus_exports_a_model_that_loads_and_translate
     assert sorted(steps) == list(range(1, 13)) and all(torch.isfinite(torch.tensor(list(steps.values()))))
 
 
-def test_resume_continues_exactly(tmp_path, toy_files):
+def test_resume_continues_exactly(tmp_path, toy_files, caplog):
     common = [*TINY_MODEL, *FAST, *toy_files, "--max_steps", "8", "--save_steps", "4", "--eval_steps", "100",
               "--dropout", "0.1", "--gradient_accumulation_steps", "2", "--max_tokens", "128"]  # fmt: skip
     straight, interrupted = tmp_path / "straight", tmp_path / "interrupted"
@@ -70,10 +74,9 @@ def test_resume_continues_exactly(tmp_path, toy_files):
     main([*common, "--output_dir", str(interrupted), "--max_steps", "4"])
     with pytest.raises(ValueError, match="already holds a run.*--resume_from_checkpoint latest"):
         main([*common, "--output_dir", str(interrupted)])
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
+    with caplog.at_level(logging.WARNING, logger="posformer"):
         main([*common, "--output_dir", str(interrupted), "--resume_from_checkpoint"])  # no value: the latest
-    assert not [warning for warning in caught if "another data order" in str(warning.message)]
+    assert not [record for record in caplog.records if "another data order" in record.getMessage()]
     assert losses(interrupted) == pytest.approx(losses(straight), rel=0, abs=0)
     expected = load_file(straight / "checkpoints" / "checkpoint-8" / "model.safetensors")
     actual = load_file(interrupted / "checkpoints" / "checkpoint-8" / "model.safetensors")
@@ -82,12 +85,14 @@ def test_resume_continues_exactly(tmp_path, toy_files):
         assert torch.equal(expected[name], actual[name]), name
 
 
-def test_resuming_with_another_batch_size_warns_that_the_data_order_changes(tmp_path, toy_files):
+def test_resuming_with_another_batch_size_warns_that_the_data_order_changes(tmp_path, toy_files, caplog):
     common = [*TINY_MODEL, *FAST, *toy_files, "--save_steps", "2", "--eval_steps", "100"]
     out = tmp_path / "run"
     main([*common, "--output_dir", str(out), "--max_steps", "2", "--max_tokens", "128"])
-    with pytest.warns(UserWarning, match=r"another data order \(max_tokens 128 -> 256\).* after step 2 are not"):
+    with caplog.at_level(logging.WARNING, logger="posformer"):
         main([*common, "--output_dir", str(out), "--max_steps", "3", "--max_tokens", "256", "--resume_from_checkpoint"])
+    warned = [record.getMessage() for record in caplog.records if record.levelno == logging.WARNING]
+    assert any(re.search(r"another data order \(max_tokens 128 -> 256\).* after step 2 are not", m) for m in warned)
     assert sorted(losses(out)) == [1, 2, 3]
 
 

@@ -1,1 +1,3 @@
-"""posformer's training code (the main training job lands with its own issue)."""
+"""posformer's training code: `posformer-train` (the loop on Accelerate), `posformer-finetune` (transformers'
+`Seq2SeqTrainer`), `posformer-export`, `posformer-attention`, and their building blocks; the README's Layout section
+maps the files."""

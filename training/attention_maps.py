@@ -16,18 +16,20 @@ token), so row i is the state that predicts target token i.
 
 import argparse
 import contextlib
-import io
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 
 import torch
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure, SubFigure
 from transformers import AutoModelForSeq2SeqLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 import posformer.modeling  # noqa: F401  (registers posformer with the Auto classes)
 
-from .export import atomic_write_bytes
+from .console import log_to_console
+from .plots import write_png
+
+logger = logging.getLogger(__spec__.name)  # the module's name also when run as `python -m`
 
 # Kind of attention -> (section title, query tokens, key tokens). `attention_maps` returns one tensor per kind.
 ATTENTION_KINDS = {
@@ -184,9 +186,7 @@ def attention_figure(maps: dict) -> Figure:
 
 def plot_attention_maps(maps: dict, out_png: Path) -> Path:
     """Draw `attention_maps(...)`'s result (`attention_figure`) to one PNG, written atomically; return `out_png`."""
-    buffer = io.BytesIO()
-    FigureCanvasAgg(attention_figure(maps)).print_png(buffer)
-    return atomic_write_bytes(Path(out_png), buffer.getvalue())
+    return write_png(attention_figure(maps), out_png)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -210,12 +210,13 @@ def _parser() -> argparse.ArgumentParser:
 
 def cli(argv: list[str] | None = None) -> None:
     """Console entry point `posformer-attention`."""
+    log_to_console()
     args = _parser().parse_args(argv)
     tokenizer = AutoTokenizer.from_pretrained(args.checkpoint)
     model = AutoModelForSeq2SeqLM.from_pretrained(args.checkpoint, attn_implementation="eager")
     maps = attention_maps(model, tokenizer, args.source, args.target, max_new_tokens=args.max_new_tokens)
     path = plot_attention_maps(maps, args.out)
-    print(f"source: {' '.join(maps['source_tokens'])}\ntarget: {' '.join(maps['target_tokens'])}\nwrote {path}")
+    logger.info(f"source: {' '.join(maps['source_tokens'])}\ntarget: {' '.join(maps['target_tokens'])}\nwrote {path}")
 
 
 if __name__ == "__main__":

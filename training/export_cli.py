@@ -2,12 +2,12 @@
 
     posformer-export RUN_DIR OUT_DIR [--average_last N] [--push_to_hub ORG/NAME] [--private] [--token TOKEN]
 
-RUN_DIR is a `posformer-train` output folder (see `train.py`). The weights are the run's final model
+RUN_DIR is a `posformer-train` output folder (its layout: `run_folder.py`). The weights are the run's final model
 (`RUN_DIR/model`) or, with `--average_last N`, the element-wise mean of its last N complete checkpoints
 (`RUN_DIR/checkpoints/checkpoint-*`, by step) loaded into that model. OUT_DIR is written atomically by
 `export.export_model`: safetensors, config, tokenizer, the paper's generation config and a model card.
 
-The card's run values (data, recipe, hardware...) come from `RUN_DIR/card.json`, which `train.py` writes with
+The card's run values (data, recipe, hardware...) come from `RUN_DIR/card.json`, which the run writes with
 the values of its own model card; the scores come from `RUN_DIR/results.json`. The scores are carried over only when
 the exported weights equal the model the run scored; other weights (a different average) get no scores (NaN, and a
 signature saying why) rather than scores they did not earn. The model-derived values (architecture, encoding,
@@ -20,24 +20,32 @@ those, since a command-line token is visible to other users of the machine.
 
 import argparse
 import json
+import logging
 import math
 import sys
 from pathlib import Path
 
-import torch
 from huggingface_hub import HfApi
 from transformers import AutoModelForSeq2SeqLM, AutoTokenizer, PreTrainedModel
+from transformers.utils import SAFE_WEIGHTS_NAME
 
 import posformer.modeling  # noqa: F401  (registers posformer with the Auto classes)
 
-from .export import (
-    WEIGHTS_NAME,
-    average_checkpoints,
-    export_model,
-    model_card_values,
-    paper_generation_config,
+from .checkpoint_averaging import load_average
+from .console import log_to_console
+from .export import export_model, paper_generation_config
+from .model_card import model_card_values
+from .run_folder import (
+    CARD_FILE,
+    CHECKPOINTS_DIR,
+    MODEL_DIR,
+    RESULTS_FILE,
+    TOKENIZER_DIR,
+    checkpoints,
+    last_checkpoints,
 )
-from .train import CARD_FILE, RESULTS_FILE, checkpoints
+
+logger = logging.getLogger(__spec__.name)  # the module's name also when run as `python -m`
 
 NOT_SCORED = "not scored: these weights differ from the model the run scored"
 
@@ -62,7 +70,7 @@ def check_destination(run_dir: Path, out_dir: Path, overwrite_output_dir: bool) 
     run, out = run_dir.resolve(), out_dir.resolve()
     if _is_within(run, out):
         raise ValueError(f"OUT_DIR {out_dir} is the run folder or holds it; exporting there would replace the run.")
-    for name in ("model", "checkpoints", "tokenizer"):
+    for name in (MODEL_DIR, CHECKPOINTS_DIR, TOKENIZER_DIR):
         if _is_within(out, run / name):
             raise ValueError(
                 f"OUT_DIR {out_dir} lies inside the run's {name}/ ({run_dir / name}), which the export reads "
@@ -78,31 +86,17 @@ def check_run(run_dir: Path) -> None:
     """`ValueError` unless `run_dir` is a finished run: a `model/` with weights, `results.json` and `card.json`."""
     if not run_dir.is_dir():
         raise ValueError(f"RUN_DIR {run_dir} does not exist or is not a folder.")
-    model_dir = run_dir / "model"
-    if not (model_dir / WEIGHTS_NAME).is_file():
+    model_dir = run_dir / MODEL_DIR
+    if not (model_dir / SAFE_WEIGHTS_NAME).is_file():
         found = len(checkpoints(run_dir))
         raise ValueError(
-            f"{model_dir / WEIGHTS_NAME} does not exist, and the export needs the final model's config and "
-            f"tokenizer even to average checkpoints ({run_dir / 'checkpoints'} holds {found} complete ones). "
+            f"{model_dir / SAFE_WEIGHTS_NAME} does not exist, and the export needs the final model's config and "
+            f"tokenizer even to average checkpoints ({run_dir / CHECKPOINTS_DIR} holds {found} complete ones). "
             "Finish the run first (posformer-train ... --resume_from_checkpoint latest)."
         )
     for name in (RESULTS_FILE, CARD_FILE):
         if not (run_dir / name).is_file():
             raise ValueError(f"{run_dir / name} does not exist: the run did not finish writing its results.")
-
-
-def last_checkpoints(run_dir: Path, count: int) -> list[Path]:
-    """The last `count` complete checkpoints of the run, oldest first; `ValueError` when there are fewer."""
-    if count < 1:
-        raise ValueError(f"--average_last must be at least 1, got {count}.")
-    found = checkpoints(run_dir)
-    if len(found) < count:
-        names = ", ".join(path.name for path in found) or "none"
-        raise ValueError(
-            f"--average_last {count} needs {count} checkpoints, but {run_dir / 'checkpoints'} holds {len(found)} "
-            f"complete ones ({names}). Lower --average_last."
-        )
-    return found[-count:]
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -113,25 +107,6 @@ def last_checkpoints(run_dir: Path, count: int) -> list[Path]:
 def load_final_model(model_dir: Path) -> PreTrainedModel:
     """The run's final model (posformer's `from_pretrained` names a truncated or corrupt weights file)."""
     return AutoModelForSeq2SeqLM.from_pretrained(model_dir).eval()
-
-
-def load_average(model: PreTrainedModel, paths: list[Path]) -> bool:
-    """Load the mean of the checkpoints at `paths` into `model`; return whether the weights stayed the same.
-
-    Checkpoints store tied weights once: a tensor they lack must share its storage with one they hold.
-    """
-    average = average_checkpoints(paths)
-    current = model.state_dict()
-    unchanged = all(torch.equal(tensor, current[name]) for name, tensor in average.items() if name in current)
-    missing, unexpected = model.load_state_dict(average, strict=False)
-    loaded = {current[name].data_ptr() for name in average if name in current}
-    untied = [name for name in missing if current[name].data_ptr() not in loaded]
-    if unexpected or untied:
-        raise ValueError(
-            f"The checkpoints in {paths[0].parent} do not fit the model in {paths[0].parent.parent / 'model'}: "
-            f"missing {untied[:5]}, unexpected {unexpected[:5]}."
-        )
-    return unchanged
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -202,13 +177,13 @@ def export_run(
     check_run(run_dir)
     check_destination(run_dir, out_dir, overwrite_output_dir)
     paths = last_checkpoints(run_dir, average_last) if average_last is not None else []
-    model = load_final_model(run_dir / "model")
-    tokenizer = AutoTokenizer.from_pretrained(run_dir / "model")
+    model = load_final_model(run_dir / MODEL_DIR)
+    tokenizer = AutoTokenizer.from_pretrained(run_dir / MODEL_DIR)
     scored = load_average(model, paths) if paths else True
     card = run_card(run_dir, model, push_to_hub or str(out_dir), average_last, scored)
     export_model(model, tokenizer, out_dir, card)
     if push_to_hub is not None:
-        print(f"uploaded: {push_folder(out_dir, push_to_hub, private, token)}")
+        logger.info(f"uploaded: {push_folder(out_dir, push_to_hub, private, token)}")
     return out_dir
 
 
@@ -230,6 +205,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def cli(argv: list[str] | None = None) -> None:
     """Console entry point `posformer-export`: a user error exits with its message and status 1."""
+    log_to_console()
     args = _parser().parse_args(argv)
     try:
         out_dir = export_run(
@@ -243,7 +219,7 @@ def cli(argv: list[str] | None = None) -> None:
         )
     except ValueError as error:
         sys.exit(f"posformer-export: error: {error}")
-    print(f"exported: {out_dir}")
+    logger.info(f"exported: {out_dir}")
 
 
 if __name__ == "__main__":

@@ -24,7 +24,6 @@ end the fine-tuned model, tokenizer, `trainer_state.json` and `{train,eval,test,
 with `AutoModelForSeq2SeqLM.from_pretrained(output_dir)` once `posformer.modeling` is imported.
 """
 
-import logging
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -46,6 +45,7 @@ from transformers import (
 
 from .. import modeling  # noqa: F401  (registers posformer with the Auto classes)
 from .arguments import DataSourceArguments
+from .console import log_to_console
 from .data import load_parallel_data, source_target_pairs
 from .metrics import compute_translation_scores
 
@@ -199,7 +199,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
 
 def cli() -> None:
     """Console entry point (`posformer-finetune`): `main` with this module's messages shown."""
-    logging.basicConfig(format="%(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    log_to_console()
     main()
 
 
