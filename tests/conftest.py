@@ -22,6 +22,11 @@ def pytest_terminal_summary(terminalreporter) -> None:
     terminalreporter.write_line(f"posformer tested on: {releases}")
 
 
+def siblings(path):
+    """Everything next to `path` besides `path` itself: leftovers of an atomic write would show up here."""
+    return sorted(p.name for p in path.parent.iterdir() if p.name != path.name)
+
+
 TINY = dict(
     vocab_size=99,
     d_model=32,
