@@ -28,6 +28,7 @@ import posformer.modeling  # noqa: F401  (registers posformer with the Auto clas
 
 from .console import log_to_console
 from .plots import write_png
+from .translation import generation_budget
 
 logger = logging.getLogger(__spec__.name)  # the module's name also when run as `python -m`
 
@@ -121,7 +122,7 @@ def attention_maps(
     input_ids = tokenizer(source, return_tensors="pt")["input_ids"].to(model.device)  # (1, S)
     with _eager_inference(model):
         if target is None:
-            budget = max_new_tokens if max_new_tokens is not None else int(input_ids.shape[1] * 1.5) + 10
+            budget = max_new_tokens if max_new_tokens is not None else generation_budget(input_ids.shape[1])
             decoder_ids = _greedy_decoder_ids(model, input_ids, budget)
         else:
             decoder_ids = _target_decoder_ids(model, tokenizer, target).to(model.device)  # (1, T)
