@@ -34,7 +34,7 @@ import posformer.modeling  # noqa: F401  (registers posformer with the Auto clas
 from .checkpoint_averaging import load_average
 from .console import log_to_console
 from .export import export_model, paper_generation_config
-from .model_card import model_card_values
+from .model_card import describe_averaging, model_card_values
 from .run_folder import (
     CARD_FILE,
     CHECKPOINTS_DIR,
@@ -118,7 +118,7 @@ def _averaging(average_last: int | None) -> str | None:
     """The card's `checkpoint_averaging` for the exported weights; None keeps the run's own."""
     if average_last is None:
         return None
-    return f"mean of the last {average_last} checkpoints" if average_last > 1 else "none"
+    return describe_averaging(average_last)
 
 
 def run_card(

@@ -142,6 +142,11 @@ def model_card_values(model: PreTrainedModel, generation_config: GenerationConfi
     }
 
 
+def describe_averaging(count: int) -> str:
+    """The card's `checkpoint_averaging` for weights that are the mean of the last `count` checkpoints."""
+    return f"mean of the last {count} checkpoints" if count > 1 else "none"
+
+
 def training_card_values(
     model_args,
     data_args,
@@ -169,7 +174,6 @@ def training_card_values(
         )
     else:
         description = f"{dataset} {data_args.dataset_config_name or ''}".strip() + f". Sentence pairs: {sizes}."
-    averaged = max(1, train_args.average_last_checkpoints)
     return {
         "model_name": f"posformer-{model_args.model_size}-{model_args.position_encoding}-{source}-{target}",
         "model_id": model_id,
@@ -189,7 +193,7 @@ def training_card_values(
         "learning_rate": train_args.learning_rate,
         "warmup_steps": train_args.warmup_steps,
         "label_smoothing": train_args.label_smoothing,
-        "checkpoint_averaging": f"mean of the last {averaged} checkpoints" if averaged > 1 else "none",
+        "checkpoint_averaging": describe_averaging(train_args.average_last_checkpoints),
         "seed": train_args.seed,
         "hardware": f"{processes} x {device}",
         "training_time": f"{minutes:.1f} min (this session)",
