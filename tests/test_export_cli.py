@@ -119,7 +119,7 @@ def test_private_needs_push_to_hub(run_dir, tmp_path):
 
 
 def test_missing_run_dir(tmp_path):
-    with pytest.raises(ValueError, match="does not exist or is not a folder"):
+    with pytest.raises(ValueError, match=r"RUN_DIR \S+nowhere does not exist; pass the --output_dir"):
         export_run(tmp_path / "nowhere", tmp_path / "export")
 
 

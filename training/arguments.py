@@ -3,10 +3,12 @@
 Names follow transformers' translation examples (`--dataset_name`, `--source_lang`, `--output_dir`,
 `--max_steps`, ...). Model sizes come from a named preset (`--model_size`) and every `PosformerConfig`
 field can be overridden on its own (`--d_model 384`); `--config run.yaml` reads any of these from a
-YAML or JSON file (the command line wins over the file).
+YAML or JSON file (the command line wins over the file). The checks of the paths that posformer's command-line
+tools write to or read a tokenizer from are here too, shared by all of them.
 """
 
 import dataclasses
+import difflib
 import json
 import math
 import sys
@@ -61,8 +63,12 @@ def _model_override_fields() -> list[tuple[str, type, dataclasses.Field]]:
         cli_type = _cli_type(hints[name])
         if cli_type not in (int, float, str, bool):
             continue
-        help_text = f"Override PosformerConfig.{name} (else the --model_size preset, else {config_field.default!r})."
-        fields.append((name, cli_type | None, field(default=None, metadata={"help": help_text})))
+        metadata = {
+            "help": f"Override PosformerConfig.{name} (else the --model_size preset, else {config_field.default!r})."
+        }
+        if cli_type is bool:  # `--normalize_before` alone means true, as for transformers' own flags
+            metadata |= {"nargs": "?", "const": True}
+        fields.append((name, cli_type | None, field(default=None, metadata=metadata)))
     return fields
 
 
@@ -177,6 +183,10 @@ class TrainingArguments:
         default=None,
         metadata={"help": "Continue a run exactly: a checkpoint folder, or 'latest' (also when given no value)."},
     )
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={"help": "Delete the run already in --output_dir (finished or not) and start a new one there."},
+    )
     num_beams: int = field(default=4, metadata={"help": "Beam size for evaluation and export."})
     length_penalty: float = field(default=0.6, metadata={"help": "Length penalty (the paper's 0.6)."})
     eval_batch_size: int = field(default=64, metadata={"help": "Sentences per generation batch."})
@@ -202,6 +212,13 @@ class TrainingArguments:
                 f"--average_last_checkpoints {self.average_last_checkpoints} needs that many checkpoints, but "
                 f"--save_total_limit {self.save_total_limit} keeps fewer. Raise --save_total_limit."
             )
+        saves = -(-self.max_steps // self.save_steps)  # at every --save_steps and at the last step
+        if self.average_last_checkpoints > saves:
+            raise ValueError(
+                f"--average_last_checkpoints {self.average_last_checkpoints} needs that many checkpoints, but "
+                f"--max_steps {self.max_steps} with --save_steps {self.save_steps} saves {saves}. Lower "
+                f"--save_steps or --average_last_checkpoints."
+            )
 
 
 def _check_at_least(arguments, **minimums: float) -> None:
@@ -220,10 +237,13 @@ def _check_within(arguments, **intervals: tuple[float, float]) -> None:
             raise ValueError(f"--{name} must be in [{low}, {high}), got {value}.")
 
 
+ARGUMENT_CLASSES = (ModelArguments, DataArguments, TrainingArguments)  # posformer-train's, in --help order
+
+
 def parse_args(argv: list[str] | None = None) -> tuple:
     """Parse `argv` (default `sys.argv[1:]`), with `--config FILE` (YAML or JSON) read first."""
     argv = _resume_defaults_to_latest(list(sys.argv[1:] if argv is None else argv))
-    parser = HfArgumentParser((ModelArguments, DataArguments, TrainingArguments), prog="posformer-train")
+    parser = HfArgumentParser(ARGUMENT_CLASSES, prog="posformer-train")
     parser.add_argument("--config", default=None, help="YAML or JSON file of any of these arguments.")
     namespace, _ = parser.parse_known_args(argv)
     if namespace.config is not None:
@@ -241,17 +261,106 @@ def _resume_defaults_to_latest(argv: list[str]) -> list[str]:
     return argv
 
 
+# ---------------------------------------------------------------------------------------------------------------
+# --config FILE
+# ---------------------------------------------------------------------------------------------------------------
+
+CONFIG_FORMATS = {".yaml": "YAML", ".yml": "YAML", ".json": "JSON"}
+
+
 def _arguments_from_file(path: Path) -> list[str]:
-    """Turn a YAML/JSON mapping into `--key value` arguments that the command line can override."""
+    """Turn a YAML/JSON mapping into `--key=value` arguments that the command line, read after them, overrides.
+
+    `ValueError` naming the file (and the key, or the line and column of a syntax error) for anything that is not
+    a flat mapping of posformer-train's argument names to single values. A null leaves an argument whose default
+    is None unset and is an error for any other."""
+    arguments = {
+        argument.name: argument for arguments in ARGUMENT_CLASSES for argument in dataclasses.fields(arguments)
+    }
+    command_line = []
+    for key, value in _read_config_file(path).items():
+        _check_one_value(path, key, value)
+        argument = _known_argument(path, key, arguments)
+        if value is None and argument.default is None:
+            continue  # the argument stays unset, as without the line
+        command_line.append(f"--{key}={_command_line_value(path, argument, value)}")
+    return command_line
+
+
+def _read_config_file(path: Path) -> dict:
+    """The mapping a `--config` file holds; `FileNotFoundError`/`ValueError` naming the file and what is wrong."""
     if not path.is_file():
-        raise FileNotFoundError(f"--config {path}: no such file.")
-    values = yaml.safe_load(path.read_text()) if path.suffix in (".yaml", ".yml") else json.loads(path.read_text())
+        state = "is a folder" if path.is_dir() else "no such file"
+        raise FileNotFoundError(f"--config {path}: {state}; pass a YAML (.yaml, .yml) or JSON (.json) file.")
+    if path.suffix not in CONFIG_FORMATS:
+        raise ValueError(f"--config {path}: unknown format {path.suffix!r}; name the file .yaml, .yml or .json.")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise ValueError(f"--config {path} is not UTF-8 text (byte {error.start}); save it as UTF-8.") from error
+    values = _parse_config_text(path, text)
     if not isinstance(values, dict):
-        raise ValueError(f"--config {path} must hold a mapping of argument names to values.")
-    arguments = []
-    for key, value in values.items():
-        arguments += [f"--{key}", str(value)]
-    return arguments
+        raise ValueError(
+            f"--config {path} must hold a mapping of argument names to values (such as `max_steps: 1000`), "
+            f"not {'an empty file' if values is None else 'a ' + type(values).__name__}."
+        )
+    return values
+
+
+def _parse_config_text(path: Path, text: str) -> object:
+    """`text` parsed as YAML or JSON (by the file's suffix); a syntax error names the file, line and column."""
+    kind = CONFIG_FORMATS[path.suffix]
+    try:
+        return yaml.safe_load(text) if kind == "YAML" else json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ValueError(
+            f"--config {path} is not valid JSON: {error.msg} at line {error.lineno}, column {error.colno}."
+        ) from error
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(error, "problem", None) or error
+        raise ValueError(f"--config {path} is not valid YAML: {problem}{where}.") from error
+
+
+def _known_argument(path: Path, key: object, arguments: dict[str, dataclasses.Field]) -> dataclasses.Field:
+    """The argument `key` names; `ValueError` naming the key and the closest argument when there is none."""
+    if key in arguments:
+        return arguments[key]
+    close = difflib.get_close_matches(str(key), arguments, n=1)
+    hint = f"did you mean {close[0]!r}?" if close else "posformer-train --help lists them."
+    raise ValueError(f"--config {path}: {key!r} is not an argument of posformer-train; {hint}")
+
+
+def _check_one_value(path: Path, key: object, value: object) -> None:
+    """`ValueError` when `value` is a list or a mapping: every argument of posformer-train takes one value."""
+    if isinstance(value, dict):
+        raise ValueError(
+            f"--config {path}: {key} is a mapping, but each argument takes one value; write the keys under {key}: "
+            "at the top level of the file."
+        )
+    if isinstance(value, list):
+        raise ValueError(
+            f"--config {path}: {key} is a list, but each argument takes one value (a number, a string or true/false)."
+        )
+
+
+def _command_line_value(path: Path, argument: dataclasses.Field, value: object) -> str:
+    """`value` as the command line spells it; `ValueError` for a null or for true/false given to a non-flag."""
+    if value is None:
+        raise ValueError(
+            f"--config {path}: {argument.name} is null; give it a value or delete the line to keep the default "
+            f"({argument.default})."
+        )
+    if isinstance(value, bool):
+        expected = _cli_type(argument.type)
+        if expected is not bool:
+            raise ValueError(
+                f"--config {path}: {argument.name} is {str(value).lower()}, but it takes a value of type "
+                f"{expected.__name__}, not true/false."
+            )
+        return str(value).lower()
+    return str(value)
 
 
 def build_config(model_args, vocab_size: int, special_ids: dict[str, int]) -> PosformerConfig:
@@ -266,3 +375,42 @@ def build_config(model_args, vocab_size: int, special_ids: dict[str, int]) -> Po
         vocab_size=vocab_size,
         **special_ids,
     )
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Paths given to posformer's command-line tools
+# ---------------------------------------------------------------------------------------------------------------
+
+TOKENIZER_FILES = ("tokenizer_config.json", "tokenizer.json")  # either tells AutoTokenizer what to load
+
+
+def check_output_folder(path: Path, option: str) -> None:
+    """`ValueError` naming `option` when `path` cannot become a folder: it is a file, or lies under one."""
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"{option} {path} is a file, not a folder; pass a folder (it is created if missing).")
+    _check_no_file_above(path, option)
+
+
+def check_output_file(path: Path, option: str, example_name: str) -> None:
+    """`ValueError` naming `option` when `path` cannot be written as a file: it is a folder, or lies under a file."""
+    if path.is_dir():
+        raise ValueError(f"{option} {path} is a folder; name the file to write, e.g. {path / example_name}.")
+    _check_no_file_above(path, option)
+
+
+def _check_no_file_above(path: Path, option: str) -> None:
+    """`ValueError` when the nearest existing folder above `path` is a file, so that nothing can be written there."""
+    existing = next((parent for parent in path.parents if parent.exists()), None)
+    if existing is not None and not existing.is_dir():
+        raise ValueError(f"{option} {path} lies under {existing}, which is a file; choose a path in a folder.")
+
+
+def check_tokenizer_folder(source: str, option: str) -> None:
+    """`FileNotFoundError` naming `option` when the local model folder `source` holds no tokenizer (a Hub name,
+    resolved by the Hub, passes)."""
+    folder = Path(source)
+    if folder.is_dir() and not any((folder / name).is_file() for name in TOKENIZER_FILES):
+        raise FileNotFoundError(
+            f"{option} {source} holds a model but no tokenizer ({' or '.join(TOKENIZER_FILES)}); save the "
+            f"tokenizer next to it (tokenizer.save_pretrained('{source}')) or pass the folder that has both."
+        )

@@ -26,8 +26,10 @@ from transformers import AutoModelForSeq2SeqLM, AutoTokenizer, PreTrainedModel, 
 
 import posformer.modeling  # noqa: F401  (registers posformer with the Auto classes)
 
+from .arguments import check_output_file, check_tokenizer_folder
 from .console import log_to_console
 from .plots import write_png
+from .run_folder import model_source
 from .translation import generation_budget
 
 logger = logging.getLogger(__spec__.name)  # the module's name also when run as `python -m`
@@ -209,10 +211,20 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _check_arguments(args: argparse.Namespace) -> None:
+    """Every argument checked before the model loads: `ValueError`/`FileNotFoundError` naming the one that is wrong."""
+    model_source(args.checkpoint, "checkpoint")
+    check_tokenizer_folder(args.checkpoint, "checkpoint")
+    check_output_file(args.out, "--out", "attention.png")
+    if args.max_new_tokens is not None and args.max_new_tokens < 1:
+        raise ValueError(f"--max_new_tokens must be at least 1, got {args.max_new_tokens}.")
+
+
 def cli(argv: list[str] | None = None) -> None:
     """Console entry point `posformer-attention`."""
     log_to_console()
     args = _parser().parse_args(argv)
+    _check_arguments(args)
     tokenizer = AutoTokenizer.from_pretrained(args.checkpoint)
     model = AutoModelForSeq2SeqLM.from_pretrained(args.checkpoint, attn_implementation="eager")
     maps = attention_maps(model, tokenizer, args.source, args.target, max_new_tokens=args.max_new_tokens)

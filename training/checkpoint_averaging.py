@@ -14,6 +14,7 @@ from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 from transformers import PreTrainedModel
 from transformers.utils import SAFE_WEIGHTS_NAME
 
+from .checkpoint_safety import DCP_METADATA_NAME, check_dcp_metadata
 from .run_folder import CHECKPOINT_READ_ERRORS, checkpoint_error_reason
 
 # what a checkpoint folder may hold, in this order: single process or DDP, FSDP sharded (the default), FSDP full
@@ -38,7 +39,7 @@ def _weights_file(path: Path) -> Path:
 
 def _is_sharded_checkpoint(path: Path) -> bool:
     """Whether `path` is a `torch.distributed.checkpoint` folder (its `.metadata` file lists the shards)."""
-    return (path / ".metadata").is_file()
+    return (path / DCP_METADATA_NAME).is_file()
 
 
 def _read_weights(file: Path) -> dict[str, torch.Tensor]:
@@ -61,6 +62,7 @@ def _read_weights(file: Path) -> dict[str, torch.Tensor]:
 def _read_sharded_weights(folder: Path) -> dict[str, torch.Tensor]:
     """Join the shards of a model that Accelerate saved under FSDP (`{"model": state_dict}` through
     `torch.distributed.checkpoint`) into full tensors: the metadata gives every tensor's size and dtype."""
+    check_dcp_metadata(folder / DCP_METADATA_NAME)  # torch unpickles it without restriction
     reader = dcp.FileSystemReader(folder)
     metadata = reader.read_metadata()
     state = {

@@ -31,15 +31,17 @@ from transformers.utils import SAFE_WEIGHTS_NAME
 
 import posformer.modeling  # noqa: F401  (registers posformer with the Auto classes)
 
+from .arguments import check_output_folder
 from .checkpoint_averaging import load_average
 from .console import log_to_console
 from .export import export_model, paper_generation_config
-from .model_card import describe_averaging, model_card_values
+from .model_card import MODEL_CARD_TEMPLATE, describe_averaging, model_card_values, template_fields
 from .run_folder import (
     CARD_FILE,
     CHECKPOINTS_DIR,
     MODEL_DIR,
     RESULTS_FILE,
+    STATE_FILE,
     TOKENIZER_DIR,
     checkpoints,
     last_checkpoints,
@@ -48,6 +50,9 @@ from .run_folder import (
 logger = logging.getLogger(__spec__.name)  # the module's name also when run as `python -m`
 
 NOT_SCORED = "not scored: these weights differ from the model the run scored"
+# The card values `run_card` sets itself; every other value of the model card that the model does not give comes
+# from the run's card.json.
+EXPORT_CARD_KEYS = {"model_id", "bleu", "chrf", "bleu_signature", "chrf_signature"}
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -67,6 +72,7 @@ def check_destination(run_dir: Path, out_dir: Path, overwrite_output_dir: bool) 
     the run's `model/`, `checkpoints/` or `tokenizer/`; an existing non-empty `out_dir` is replaced only with
     `overwrite_output_dir`.
     """
+    check_output_folder(out_dir, "OUT_DIR")
     run, out = run_dir.resolve(), out_dir.resolve()
     if _is_within(run, out):
         raise ValueError(f"OUT_DIR {out_dir} is the run folder or holds it; exporting there would replace the run.")
@@ -84,8 +90,20 @@ def check_destination(run_dir: Path, out_dir: Path, overwrite_output_dir: bool) 
 
 def check_run(run_dir: Path) -> None:
     """`ValueError` unless `run_dir` is a finished run: a `model/` with weights, `results.json` and `card.json`."""
+    if not run_dir.exists():
+        raise ValueError(f"RUN_DIR {run_dir} does not exist; pass the --output_dir of a posformer-train run.")
     if not run_dir.is_dir():
-        raise ValueError(f"RUN_DIR {run_dir} does not exist or is not a folder.")
+        raise ValueError(f"RUN_DIR {run_dir} is a file; pass the --output_dir of a posformer-train run.")
+    if (run_dir / "config.json").is_file():
+        raise ValueError(
+            f"RUN_DIR {run_dir} is a model folder; export needs the run folder around it (the --output_dir of "
+            f"posformer-train, which holds {MODEL_DIR}/, {RESULTS_FILE} and {CARD_FILE}), e.g. {run_dir.parent}."
+        )
+    if (run_dir / STATE_FILE).is_file():
+        raise ValueError(
+            f"RUN_DIR {run_dir} is a checkpoint; pass the run folder around it ({run_dir.parent.parent}) and "
+            "choose checkpoints with --average_last N (the last N, by step)."
+        )
     model_dir = run_dir / MODEL_DIR
     if not (model_dir / SAFE_WEIGHTS_NAME).is_file():
         found = len(checkpoints(run_dir))
@@ -97,6 +115,40 @@ def check_run(run_dir: Path) -> None:
     for name in (RESULTS_FILE, CARD_FILE):
         if not (run_dir / name).is_file():
             raise ValueError(f"{run_dir / name} does not exist: the run did not finish writing its results.")
+
+
+def _damaged(run_dir: Path, name: str, what: str) -> ValueError:
+    """The error for a run file that exists but cannot be used, with the command that writes it again."""
+    return ValueError(
+        f"{run_dir / name} {what}: the run folder is damaged. Re-run the end of the run, which writes it again "
+        f"from the last checkpoint: the run's posformer-train command (its arguments are in each checkpoint's "
+        f"trainer_state.json) with --resume_from_checkpoint latest."
+    )
+
+
+def read_run_file(run_dir: Path, name: str) -> dict:
+    """The JSON object in `run_dir / name`; `ValueError` naming the file and the fix when it is not one."""
+    try:
+        values = json.loads((run_dir / name).read_text(encoding="utf-8"))
+    except UnicodeDecodeError as error:
+        raise _damaged(run_dir, name, f"is not UTF-8 text (byte {error.start})") from error
+    except json.JSONDecodeError as error:
+        raise _damaged(
+            run_dir, name, f"is not JSON ({error.msg} at line {error.lineno}, column {error.colno})"
+        ) from error
+    if not isinstance(values, dict):
+        raise _damaged(run_dir, name, f"holds a {type(values).__name__}, not a JSON object")
+    return values
+
+
+def saved_card_values(run_dir: Path, saved: dict[str, object], model: PreTrainedModel) -> dict[str, object]:
+    """`saved` (the run's card.json) without the values the model gives; `ValueError` naming the keys it lacks."""
+    derived = model_card_values(model, paper_generation_config(model.config)).keys()
+    needed = template_fields(MODEL_CARD_TEMPLATE.read_text(encoding="utf-8")) - derived - EXPORT_CARD_KEYS
+    missing = sorted(needed - saved.keys())
+    if missing:
+        raise _damaged(run_dir, CARD_FILE, f"lacks the model card's values {missing}")
+    return {key: value for key, value in saved.items() if key not in derived}
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -122,16 +174,13 @@ def _averaging(average_last: int | None) -> str | None:
 
 
 def run_card(
-    run_dir: Path, model: PreTrainedModel, model_id: str, average_last: int | None, scored: bool
+    saved: dict[str, object], results: dict, model_id: str, average_last: int | None, scored: bool
 ) -> dict[str, object]:
-    """The run-specific card values of the export: the run's card.json, overlaid by results.json and this export.
+    """The run-specific card values of the export: the run's saved card, overlaid by its results and this export.
 
-    `scored` says whether the exported weights are the ones results.json scored; if not, the scores are NaN.
+    `scored` says whether the exported weights are the ones `results` scored; if not, the scores are NaN.
     """
-    derived = model_card_values(model, paper_generation_config(model.config)).keys()
-    saved = json.loads((run_dir / CARD_FILE).read_text(encoding="utf-8"))
-    card = {key: value for key, value in saved.items() if key not in derived}
-    results = json.loads((run_dir / RESULTS_FILE).read_text(encoding="utf-8"))
+    card = dict(saved)
     card["model_id"] = model_id
     card["checkpoint_averaging"] = _averaging(average_last) or card["checkpoint_averaging"]
     card["bleu"] = results.get("test_bleu", math.nan) if scored else math.nan
@@ -168,19 +217,22 @@ def export_run(
 ) -> Path:
     """Export a training run's final (or averaged) model to `out_dir`, optionally upload it; return `out_dir`.
 
-    Every check (the run, the destination, the checkpoints) runs before anything is read or written; a failure
-    raises `ValueError` with the reason and leaves `out_dir` untouched.
+    The run (its files, results.json and card.json parsed), the destination and the checkpoints are checked before
+    any weights are read, card.json's keys once the final model is loaded, all before anything is written; a
+    failure raises `ValueError` with the reason and leaves `out_dir` untouched.
     """
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     if private and push_to_hub is None:
         raise ValueError("--private only applies with --push_to_hub.")
     check_run(run_dir)
+    results, card_file = read_run_file(run_dir, RESULTS_FILE), read_run_file(run_dir, CARD_FILE)
     check_destination(run_dir, out_dir, overwrite_output_dir)
     paths = last_checkpoints(run_dir, average_last) if average_last is not None else []
     model = load_final_model(run_dir / MODEL_DIR)
     tokenizer = AutoTokenizer.from_pretrained(run_dir / MODEL_DIR)
+    saved = saved_card_values(run_dir, card_file, model)
     scored = load_average(model, paths) if paths else True
-    card = run_card(run_dir, model, push_to_hub or str(out_dir), average_last, scored)
+    card = run_card(saved, results, push_to_hub or str(out_dir), average_last, scored)
     export_model(model, tokenizer, out_dir, card)
     if push_to_hub is not None:
         logger.info(f"uploaded: {push_folder(out_dir, push_to_hub, private, token)}")

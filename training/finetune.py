@@ -21,12 +21,15 @@ cleared and the saved generation config carries the new `max_length`.
 
 Output folder (the Trainer's): `checkpoint-N/` folders (safetensors weights, tokenizer, optimizer state), and at the
 end the fine-tuned model, tokenizer, `trainer_state.json` and `{train,eval,test,all}_results.json`. The model loads
-with `AutoModelForSeq2SeqLM.from_pretrained(output_dir)` once `posformer.modeling` is imported.
+with `AutoModelForSeq2SeqLM.from_pretrained(output_dir)` once `posformer.modeling` is imported. An `--output_dir`
+that holds an earlier run is refused unless `--resume_from_checkpoint` continues it or `--overwrite_output_dir`
+starts afresh (the Trainer would rotate its checkpoints away and replace its model).
 """
 
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 from datasets import Dataset, DatasetDict
@@ -42,12 +45,15 @@ from transformers import (
     Seq2SeqTrainingArguments,
     set_seed,
 )
+from transformers.trainer import TRAINER_STATE_NAME
+from transformers.trainer_utils import get_last_checkpoint
 
 from .. import modeling  # noqa: F401  (registers posformer with the Auto classes)
-from .arguments import DataSourceArguments
+from .arguments import DataSourceArguments, check_output_folder, check_tokenizer_folder
 from .console import log_to_console
 from .data import load_parallel_data, source_target_pairs
 from .metrics import compute_translation_scores
+from .run_folder import model_source
 
 
 @dataclass
@@ -63,10 +69,16 @@ class FinetuneArguments(DataSourceArguments):
     max_train_samples: int | None = field(default=None, metadata={"help": "Use only the first N training pairs."})
     max_eval_samples: int | None = field(default=None, metadata={"help": "Use only the first N validation pairs."})
     max_predict_samples: int | None = field(default=None, metadata={"help": "Use only the first N test pairs."})
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={"help": "Start afresh in an --output_dir that holds an earlier run (its checkpoints get replaced)."},
+    )
 
     def __post_init__(self) -> None:
         if self.model_name_or_path is None:
             raise ValueError("--model_name_or_path is required: the posformer checkpoint to fine-tune.")
+        model_source(self.model_name_or_path, "--model_name_or_path")
+        check_tokenizer_folder(self.model_name_or_path, "--model_name_or_path")
 
 
 SPLIT_LIMITS = {"train": "max_train_samples", "validation": "max_eval_samples", "test": "max_predict_samples"}
@@ -76,7 +88,31 @@ def parse_args(argv: list[str] | None = None) -> tuple[FinetuneArguments, Seq2Se
     """Parse `argv` (default `sys.argv[1:]`) into the data/model arguments and the Trainer's arguments."""
     parser = HfArgumentParser((FinetuneArguments, Seq2SeqTrainingArguments), prog="posformer-finetune")
     args = sys.argv[1:] if argv is None else argv
-    return tuple(parser.parse_args_into_dataclasses(args=args, return_remaining_strings=False))
+    finetune_args, training_args = parser.parse_args_into_dataclasses(args=args, return_remaining_strings=False)
+    check_output_dir(training_args, finetune_args.overwrite_output_dir)
+    return finetune_args, training_args
+
+
+def check_output_dir(training_args: Seq2SeqTrainingArguments, overwrite_output_dir: bool) -> None:
+    """`ValueError` when `--output_dir` cannot be a folder, when `--resume_from_checkpoint` is no checkpoint, or
+    when `--output_dir` holds an earlier run that this one would replace without `--overwrite_output_dir`."""
+    output_dir, resume = Path(training_args.output_dir), training_args.resume_from_checkpoint
+    check_output_folder(output_dir, "--output_dir")
+    last = get_last_checkpoint(output_dir) if output_dir.is_dir() else None
+    if resume is not None:
+        if not (Path(resume) / TRAINER_STATE_NAME).is_file():
+            found = f"the last one in --output_dir is {last}" if last else f"--output_dir {output_dir} holds none"
+            raise ValueError(
+                f"--resume_from_checkpoint {resume} is not a Trainer checkpoint (a checkpoint-N folder with "
+                f"{TRAINER_STATE_NAME}); {found}."
+            )
+        return
+    if (last or (output_dir / TRAINER_STATE_NAME).is_file()) and not overwrite_output_dir:
+        continue_it = f"continue it with --resume_from_checkpoint {last}, " if last else ""
+        raise ValueError(
+            f"--output_dir {output_dir} holds an earlier run, which this one would replace: {continue_it}choose "
+            "another --output_dir, or pass --overwrite_output_dir to start afresh."
+        )
 
 
 def limit_generation_length(model: PreTrainedModel, generation_max_length: int | None) -> None:

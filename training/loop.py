@@ -53,6 +53,7 @@ from .run_folder import (
     TOKENIZER_DIR,
     append_metrics,
     checkpoints,
+    keep_metrics_up_to,
     load_checkpoint,
     log_a_changed_data_order,
     resolve_resume,
@@ -128,7 +129,9 @@ class TrainingRun:
         if report_to == "auto":
             report_to = "tensorboard" if is_tensorboard_available() else None
         self.accelerator = Accelerator(log_with=None if report_to == "none" else report_to, project_dir=self.output_dir)
-        self.resume_from = resolve_resume(self.output_dir, train_args.resume_from_checkpoint)
+        self.resume_from = resolve_resume(
+            self.output_dir, train_args.resume_from_checkpoint, train_args.overwrite_output_dir
+        )
         set_seed(train_args.seed)
         self.tokenizer, self.splits, self.train_pairs = self._prepare_data()
         self.model = self._build_model()
@@ -143,7 +146,6 @@ class TrainingRun:
         self.scheduler = get_inverse_sqrt_schedule(self.optimizer, num_warmup_steps=train_args.warmup_steps)
         self.model, self.optimizer = self.accelerator.prepare(self.model, self.optimizer)
         self.decoder_inputs = self.accelerator.unwrap_model(self.model).prepare_decoder_input_ids_from_labels
-        self.accelerator.register_for_checkpointing(self.scheduler)
         self.batches = TokenBatches(
             lengths=pair_lengths(self.train_pairs),
             max_tokens=train_args.max_tokens,
@@ -153,13 +155,12 @@ class TrainingRun:
         )
         self.step = 0
         if self.resume_from is not None:
-            state = load_checkpoint(self.accelerator, self.resume_from, self.output_dir)
-            self.step = state["step"]
-            log_a_changed_data_order(self.resume_from, state.get("data_order", {}), self._data_order(), self.step)
+            self._resume(self.resume_from)
         self.last_checkpoint: Path | None = self.resume_from
         self.saved_step: int | None = self.step if self.resume_from is not None else None
         self.metric = load_translation_metric()
         self._loss_pairs: dict[str, Dataset] = {}
+        self._check_the_evaluation_splits()
         self.started = time.perf_counter()
 
     # ------------------------------------------------------------------------------------------ setup
@@ -206,6 +207,31 @@ class TrainingRun:
         refuse_unresumable_fsdp_checkpoints(self.accelerator, model)
         return model
 
+    def _resume(self, checkpoint: Path) -> None:
+        """Continue from `checkpoint`: refused when the run's arguments differ from its own (beyond what a resume
+        may change), then its states restored and the metrics logged after it dropped."""
+        state = load_checkpoint(self.accelerator, checkpoint, self.output_dir, self.scheduler, self._arguments())
+        self.step = state["step"]
+        log_a_changed_data_order(checkpoint, state.get("data_order", {}), self._data_order(), self.step)
+        if self.accelerator.is_main_process:
+            keep_metrics_up_to(self.output_dir, self.step)
+
+    def _check_the_evaluation_splits(self) -> None:
+        """Before the first step: every split the run scores has pairs within the length limits, so that neither
+        an evaluation nor the end of the run fails on data that were there from the start."""
+        for split in ("validation", "test"):
+            if split in self.splits and len(self.loss_pairs(split)) == 0:
+                limits = f"{self.data_args.max_source_length}/{self.data_args.max_target_length}"
+                raise ValueError(
+                    f"No {split} pair fits the length limits (--max_source_length/--max_target_length {limits} "
+                    f"tokens, and the position table's end where there is one), so the {split} loss cannot be "
+                    f"computed. Raise the limits, or pass a --{split}_file with shorter pairs."
+                )
+
+    def _arguments(self) -> dict:
+        """Every argument of the run, as saved with each checkpoint (a resume compares them)."""
+        return {**vars(self.model_args), **vars(self.data_args), **vars(self.args)}
+
     def _data_order(self) -> dict[str, int]:
         """What decides which pairs make up the batch of each step (saved with every checkpoint)."""
         return {
@@ -237,14 +263,21 @@ class TrainingRun:
                 if self._due(args.logging_steps):
                     self._log_training(window, progress)
                     window = LossWindow()
+                if self._due(args.save_steps):  # before evaluating: a failing evaluation costs no training
+                    self.save_checkpoint()
                 if self._due(args.eval_steps):
                     scores = self.evaluate(self.full_model(), "validation", self.data_args.max_eval_samples)
                     self._log({"step": self.step, **scores})
-                if self._due(args.save_steps):
-                    self.save_checkpoint()
         progress.close()
         accelerator.wait_for_everyone()
-        results = self.finish()
+        try:
+            results = self.finish()
+        except Exception:
+            logger.error(
+                f"The end of the run failed, but the trained weights are safe in {self.last_checkpoint}. Once the "
+                f"cause is fixed, the same command with --resume_from_checkpoint latest runs only the end again."
+            )
+            raise
         accelerator.end_training()
         return results
 
@@ -372,18 +405,19 @@ class TrainingRun:
     def save_checkpoint(self) -> None:
         """A resumable checkpoint of this step (`run_folder.save_checkpoint`)."""
         self.last_checkpoint = save_checkpoint(
-            self.accelerator, self.output_dir, self.step, self._data_order(), self.args.save_total_limit
-        )
+            self.accelerator, self.output_dir, self.args.save_total_limit, self.step, data_order=self._data_order(),
+            scheduler=self.scheduler.state_dict(), arguments=self._arguments(),
+        )  # fmt: skip
         self.saved_step = self.step
 
     def finish(self) -> dict:
         """Export the (averaged) model, score the test split, report sample translations, plot the curves."""
         accelerator, args = self.accelerator, self.args
         model = self.full_model()
-        if args.average_last_checkpoints > 1:
-            kept = checkpoints(self.output_dir)[-args.average_last_checkpoints :]
+        kept = checkpoints(self.output_dir)[-args.average_last_checkpoints :]
+        if len(kept) > 1:
             model.load_state_dict(average_checkpoints(kept), strict=False)
-        results: dict = {"step": self.step, "averaged_checkpoints": max(1, args.average_last_checkpoints)}
+        results: dict = {"step": self.step, "averaged_checkpoints": max(1, len(kept))}
         if "test" in self.splits:
             results.update(self.evaluate(model, "test", self.data_args.max_test_samples))
             test = self.splits["test"].select(range(min(args.num_samples_to_show, len(self.splits["test"]))))
@@ -434,8 +468,7 @@ class TrainingRun:
                 logger.info(f"step {record['step']}: " + " ".join(f"{k}={v:.4g}" for k, v in scalars.items()))
 
     def _hyperparameters(self) -> dict:
-        values = {**vars(self.model_args), **vars(self.data_args), **vars(self.args)}
-        return {k: v for k, v in values.items() if isinstance(v, int | float | str | bool)}
+        return {k: v for k, v in self._arguments().items() if isinstance(v, int | float | str | bool)}
 
 
 def json_text(values: dict) -> str:

@@ -64,7 +64,7 @@ ARCHITECTURE_FIELDS = (
 )
 
 
-def _placeholders(template: str) -> set[str]:
+def template_fields(template: str) -> set[str]:
     """The `$name` / `${name}` identifiers a `string.Template` text uses."""
     matches = string.Template.pattern.finditer(template)
     return {match.group("named") or match.group("braced") for match in matches} - {None}
@@ -111,7 +111,7 @@ def render_model_card(card: Mapping[str, object]) -> str:
     template does not use are ignored.
     """
     template = MODEL_CARD_TEMPLATE.read_text(encoding="utf-8")
-    missing = sorted(_placeholders(template) - card.keys())
+    missing = sorted(template_fields(template) - card.keys())
     if missing:
         raise ValueError(f"The model card needs values for {missing}; the module docstring of {__name__} lists them.")
     header, body = _split_front_matter(template)
@@ -193,7 +193,7 @@ def training_card_values(
         "learning_rate": train_args.learning_rate,
         "warmup_steps": train_args.warmup_steps,
         "label_smoothing": train_args.label_smoothing,
-        "checkpoint_averaging": describe_averaging(train_args.average_last_checkpoints),
+        "checkpoint_averaging": describe_averaging(results["averaged_checkpoints"]),  # what finish() averaged
         "seed": train_args.seed,
         "hardware": f"{processes} x {device}",
         "training_time": f"{minutes:.1f} min (this session)",
