@@ -45,8 +45,9 @@ from posformer.modeling.atomic_io import atomic_directory, atomic_write_text
 from posformer.modeling.position_encodings import POSITION_ENCODINGS
 from posformer.training.arguments import parse_args
 from posformer.training.attention_maps import attention_maps, plot_attention_maps
-from posformer.training.data import load_or_train_tokenizer, load_parallel_data, prepare_splits
+from posformer.training.data import load_or_train_tokenizer
 from posformer.training.metrics import compute_translation_scores
+from posformer.training.parallel_data import load_parallel_data, prepare_splits
 from posformer.training.plots import write_png
 from posformer.training.run_folder import METRICS_FILE, MODEL_DIR, RESULTS_FILE, checkpoints, is_finished, read_metrics
 from posformer.training.train import main as train_main

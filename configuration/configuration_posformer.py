@@ -7,11 +7,25 @@ the base model of Vaswani et al. (2017), "Attention Is All You Need": 6+6 layers
 8 heads, FFN 2048, ReLU, dropout 0.1, post-LN, scaled embeddings, fixed sinusoids.
 """
 
+import difflib
+import math
+import typing
+from dataclasses import Field, fields
+
 from huggingface_hub.dataclasses import strict
 from transformers import PreTrainedConfig
 from transformers.activations import ACT2FN
+from transformers.utils import logging
 
 from .transformers_compat import CACHE_NAME
+
+logger = logging.get_logger(__name__)
+
+KEYS_SAVED_BESIDE_FIELDS = frozenset({"model_type", "auto_map", "custom_pipelines", "_name_or_path"})
+"""What a config.json written by transformers 5.20-5.24 holds besides the fields, which `PreTrainedConfig` sets back
+as plain attributes: the model type, the remote-code entries (`remote_code.save_remote_code`) and the checkpoint path
+of an undiffed `to_dict()`. Everything else it saves is a field, or a key it consumes (`torch_dtype`,
+`output_attentions`, ...)."""
 
 
 @strict
@@ -19,7 +33,9 @@ class PosformerConfig(PreTrainedConfig):
     r"""Configuration of a [`PosformerModel`] / [`PosformerForConditionalGeneration`].
 
     Every value is checked when the config is built; a bad value raises `ValueError` naming the field,
-    the value and what to change.
+    the value and what to change. A key that is neither a field nor one transformers knows (a typo such as
+    `d_modle`) is kept, as transformers keeps it, but logged as a warning with the closest field: configs written by
+    other transformers releases carry keys this one does not know and must still load.
 
     Example:
     ```python
@@ -81,8 +97,30 @@ class PosformerConfig(PreTrainedConfig):
         # Checkpoints saved before label smoothing became the training recipe's alone (posformer-train's
         # --label_smoothing, Seq2SeqTrainer's --label_smoothing_factor) stored it here; the model never smooths.
         kwargs.pop("label_smoothing", None)
+        super().__post_init__(**kwargs)  # first: it maps the aliases (`hidden_size`, ...) onto the fields checked here
+        self._warn_about_unknown_keys(kwargs)
         self._check_values()
-        super().__post_init__(**kwargs)
+
+    def _warn_about_unknown_keys(self, kwargs: dict) -> None:
+        """Log a warning for each key of `kwargs` (what was passed besides the fields) that no class knows.
+
+        transformers' `PreTrainedConfig.__post_init__` consumes the keys it knows (aliases of `attribute_map`, the
+        generation parameters old configs carried, `torch_dtype`, `attn_implementation`, ...) and sets every other
+        one as a plain attribute; of those, only `KEYS_SAVED_BESIDE_FIELDS` are ours."""
+        for key in kwargs:
+            if key in vars(self) and key not in KEYS_SAVED_BESIDE_FIELDS:
+                suggestion = self._closest_field(key)
+                logger.warning(
+                    f"PosformerConfig got an unknown key {key!r}, which no part of the model reads. {suggestion}"
+                )
+
+    def _closest_field(self, key: str) -> str:
+        """A suggestion for an unknown `key`: the closest field or alias, if one is close."""
+        names = [field.name for field in fields(self)] + list(self.attribute_map)
+        closest = difflib.get_close_matches(key, names, n=1)
+        if closest:
+            return f"Did you mean {closest[0]!r}?"
+        return "Check its spelling against the fields of PosformerConfig."
 
     def _check_values(self) -> None:
         """Raise `ValueError` for any value the model cannot be built with, saying what to change."""
@@ -94,6 +132,12 @@ class PosformerConfig(PreTrainedConfig):
                 f"Unknown position_encoding={self.position_encoding!r}. "
                 f"Choose one of: {', '.join(sorted(POSITION_ENCODINGS))}."
             )
+        for field in self._float_fields():
+            if not math.isfinite(getattr(self, field.name)):
+                raise ValueError(
+                    f"{field.name} must be a finite number, got {getattr(self, field.name)} (the default is "
+                    f"{field.default})."
+                )
         positive = (
             "vocab_size", "d_model", "encoder_layers", "decoder_layers", "encoder_attention_heads",
             "decoder_attention_heads", "encoder_ffn_dim", "decoder_ffn_dim", "max_position_embeddings",
@@ -115,11 +159,29 @@ class PosformerConfig(PreTrainedConfig):
                 raise ValueError(f"{name} must be in [0, 1), got {value}.")
         if self.init_std <= 0:
             raise ValueError(f"init_std must be positive, got {self.init_std}.")
+        self._check_token_ids()
         POSITION_ENCODINGS[self.position_encoding].check_config(self)  # the encoding's own fields and needs
         if self.activation_function not in ACT2FN:
             raise ValueError(
                 f"Unknown activation_function={self.activation_function!r}. Choose one of: {', '.join(sorted(ACT2FN))}."
             )
+
+    @classmethod
+    def _float_fields(cls) -> list[Field]:
+        """The fields annotated `float` (or `float | int`)."""
+        return [field for field in fields(cls) if field.type is float or float in typing.get_args(field.type)]
+
+    def _check_token_ids(self) -> None:
+        """Every `*_token_id` field (an id, a list of ids for `eos_token_id`, or None) is a row of the embedding table:
+        a negative id would silently wrap around to its last rows, a larger one fail deep in the forward pass."""
+        for name in (field.name for field in fields(self) if field.name.endswith("_token_id")):
+            value = getattr(self, name)
+            ids = value if isinstance(value, list) else [value]
+            if any(token_id is not None and not 0 <= token_id < self.vocab_size for token_id in ids):
+                raise ValueError(
+                    f"{name}={value} is outside the vocabulary [0, vocab_size={self.vocab_size}): a token id is a row "
+                    f"of the embedding table. Set {name} to an id of the tokenizer, or None, or raise vocab_size."
+                )
 
 
 __all__ = ["PosformerConfig"]

@@ -23,7 +23,7 @@ import torch
 from huggingface_hub import try_to_load_from_cache
 from safetensors import SafetensorError
 from torch import nn
-from transformers import GenerationMixin, PreTrainedModel
+from transformers import GenerationConfig, GenerationMixin, PreTrainedModel
 from transformers.activations import ACT2FN
 from transformers.cache_utils import Cache, DynamicCache, EncoderDecoderCache
 from transformers.masking_utils import create_bidirectional_mask, create_causal_mask
@@ -42,6 +42,14 @@ from transformers.utils.output_capturing import OutputRecorder, capture_outputs
 
 from ..configuration.configuration_posformer import PosformerConfig
 from ..configuration.transformers_compat import CACHE_NAME, resolve_cache
+from .input_checks import (
+    check_attention_mask,
+    check_encoder_states,
+    check_generation_arguments,
+    check_labels,
+    check_position_ids,
+    check_stack_inputs,
+)
 from .position_encodings import (
     POSITION_ENCODINGS,
     AttentionPositions,
@@ -460,6 +468,7 @@ class PosformerStack(PosformerPreTrainedModel):
 
     causal: bool
     layer_class: type[PosformerEncoderLayer]
+    argument_prefix: str  # what the encoder-decoder model's forward puts before this stack's argument names
 
     def __init__(self, config: PosformerConfig, embed_tokens: nn.Embedding | None, num_layers: int, heads: int):
         super().__init__(config)
@@ -483,8 +492,6 @@ class PosformerStack(PosformerPreTrainedModel):
         self, input_ids: torch.Tensor | None, inputs_embeds: torch.Tensor | None, position_ids: torch.Tensor
     ) -> torch.Tensor:
         """Scaled token embeddings combined with the positions (embedding contract), then dropout."""
-        if (input_ids is None) == (inputs_embeds is None):
-            raise ValueError("Pass exactly one of input_ids and inputs_embeds.")
         if inputs_embeds is None:
             inputs_embeds = self.embed_tokens(input_ids)
         hidden_states = self.position_encoding.embed(inputs_embeds * self.embed_scale, position_ids)
@@ -516,6 +523,7 @@ class PosformerEncoder(PosformerStack):
 
     causal = False
     layer_class = PosformerEncoderLayer
+    argument_prefix = ""
     _can_record_outputs = {"hidden_states": PosformerEncoderLayer, "attentions": PosformerAttention}
 
     def __init__(self, config: PosformerConfig, embed_tokens: nn.Embedding | None = None) -> None:
@@ -534,11 +542,15 @@ class PosformerEncoder(PosformerStack):
     ) -> BaseModelOutput:
         """`(B, S)` ids (or `(B, S, d)` embeddings), `(B, S)` padding mask (1 = token) -> `(B, S, d)`.
 
-        `position_ids` `(B|1, S)` defaults to `0 .. S-1`.
+        `position_ids` `(B|1, S)` defaults to `0 .. S-1`. Inputs that do not fit raise `ValueError`/`TypeError`
+        ([`check_stack_inputs`], [`check_attention_mask`], [`check_position_ids`]).
         """
+        batch, length = check_stack_inputs(self.argument_prefix, input_ids, inputs_embeds, self.config)
+        check_attention_mask("attention_mask", attention_mask, batch, length, (length,), "the source")
+        check_position_ids("position_ids", position_ids, batch, length)
         reference = input_ids if input_ids is not None else inputs_embeds
         if position_ids is None:
-            position_ids = default_positions(reference.shape[1], 0, reference.device)
+            position_ids = default_positions(length, 0, reference.device)
         hidden_states = self.embed(input_ids, inputs_embeds, position_ids)
         positions = self.position_encoding.attention_positions(position_ids, position_ids)
         attention_mask = create_bidirectional_mask(
@@ -555,6 +567,7 @@ class PosformerDecoder(PosformerStack):
 
     causal = True
     layer_class = PosformerDecoderLayer
+    argument_prefix = "decoder_"
     _can_record_outputs = {
         "hidden_states": PosformerDecoderLayer,
         "attentions": OutputRecorder(PosformerAttention, index=1, layer_name="self_attn"),
@@ -587,10 +600,14 @@ class PosformerDecoder(PosformerStack):
         and the cached tokens are taken to sit right before the first new position (so explicit,
         shifted positions stay consistent step after step). The cache comes as `cache` or `past_key_values`
         ([`resolve_cache`]) and goes back in the output field of the installed transformers' name.
+
+        A 2D `attention_mask` covers the cached and the new tokens, `(B, P+T)` (or a static cache's whole length).
+        Inputs that do not fit raise `ValueError`/`TypeError`, naming them as the encoder-decoder model's forward does
+        (`decoder_input_ids`, ...; [`check_stack_inputs`], [`check_attention_mask`], [`check_encoder_states`]).
         """
         cache = resolve_cache(cache, past_key_values)
+        batch, length = check_stack_inputs(self.argument_prefix, input_ids, inputs_embeds, self.config)
         reference = input_ids if input_ids is not None else inputs_embeds
-        length = reference.shape[1]
         if use_cache and cache is None:
             cache = EncoderDecoderCache(DynamicCache(config=self.config), DynamicCache(config=self.config))
         self_attention_cache = cache.self_attention_cache if isinstance(cache, EncoderDecoderCache) else cache
@@ -598,6 +615,12 @@ class PosformerDecoder(PosformerStack):
         if self_attention_cache is not None:
             past_length = self_attention_cache.get_seq_length()
             key_length = self_attention_cache.get_mask_sizes(length, 0)[0]  # a static cache: its whole length
+        target = "the target (cached and new tokens)"
+        key_lengths = tuple(sorted({past_length + length, key_length}))
+        check_attention_mask("decoder_attention_mask", attention_mask, batch, length, key_lengths, target)
+        check_position_ids("decoder_position_ids", position_ids, batch, length)
+        if encoder_hidden_states is not None:
+            check_encoder_states(encoder_hidden_states, encoder_attention_mask, batch, length, self.config.d_model)
         if position_ids is None:
             position_ids = default_positions(length, past_length, reference.device)
         key_positions = decoder_key_positions(position_ids, past_length, key_length)
@@ -761,14 +784,20 @@ def seq2seq_loss(
     Summed, then divided by `num_items_in_batch` when given (transformers' Trainer passes the number of
     target tokens of the whole accumulated batch, so gradient accumulation weighs every token alike),
     otherwise by the number of target tokens here.
+
+    Labels that are all -100 give a loss of 0 with zero gradients, where transformers' models (BART's and Marian's
+    mean `CrossEntropyLoss`) give NaN: the sum over no tokens is 0, and that is also what such a batch adds to an
+    accumulated batch through `num_items_in_batch`. A NaN would poison the weights and the optimizer state at the next
+    step, and an error would end a training run over one batch whose targets are all masked; with any target token
+    the loss is the mean, as theirs.
     """
     total = TokenCrossEntropy.apply(
-        logits.float().flatten(0, 1), labels.flatten().to(logits.device), float(label_smoothing)
+        logits.float().flatten(0, 1), labels.flatten().to(logits.device, torch.long), float(label_smoothing)
     )
     count = num_items_in_batch if num_items_in_batch is not None else (labels != -100).sum()
     if torch.is_tensor(count):
-        count = count.to(total.device)
-    return total / count
+        return total / count.to(total.device).clamp(min=1)
+    return total / max(count, 1)
 
 
 class PosformerForConditionalGeneration(PosformerPreTrainedModel, GenerationMixin):
@@ -784,7 +813,22 @@ class PosformerForConditionalGeneration(PosformerPreTrainedModel, GenerationMixi
 
     def prepare_decoder_input_ids_from_labels(self, labels: torch.Tensor) -> torch.Tensor:
         """Used by `DataCollatorForSeq2Seq` to build `decoder_input_ids`."""
+        for name in ("pad_token_id", "decoder_start_token_id"):
+            if getattr(self.config, name) is None:
+                raise ValueError(
+                    f"config.{name} is None, but the decoder inputs are built from the labels with it (labels "
+                    f"shifted right behind decoder_start_token_id, -100 -> pad_token_id). Set config.{name}, or pass "
+                    "decoder_input_ids."
+                )
         return shift_tokens_right(labels, self.config.pad_token_id, self.config.decoder_start_token_id)
+
+    def generate(self, inputs: torch.Tensor | None = None, generation_config: GenerationConfig | None = None, **kwargs):
+        """`GenerationMixin.generate`, after [`check_generation_arguments`] on the arguments that transformers lets
+        through (`num_beams=0`, a pad or end id outside the vocabulary, ...), each read from `kwargs` or else from
+        `generation_config` (default: the model's)."""
+        defaults = generation_config if generation_config is not None else self.generation_config
+        check_generation_arguments(kwargs, defaults, self.config.vocab_size)
+        return super().generate(inputs, generation_config, **kwargs)
 
     def _reorder_cache(self, cache: Cache, beam_idx: torch.LongTensor) -> Cache:
         """Beam search's per-step cache reordering (called by `GenerationMixin`), for the self-attention cache only.
@@ -828,6 +872,9 @@ class PosformerForConditionalGeneration(PosformerPreTrainedModel, GenerationMixi
         `(B, kept, V)`; with `labels` it must keep all."""
         num_items_in_batch = kwargs.pop("num_items_in_batch", None)
         if labels is not None:
+            decoder_inputs = decoder_input_ids if decoder_input_ids is not None else decoder_inputs_embeds
+            decoder_shape = tuple(decoder_inputs.shape[:2]) if decoder_inputs is not None else None
+            check_labels(labels, decoder_shape, self.config.vocab_size)
             use_cache = False
             if decoder_input_ids is None and decoder_inputs_embeds is None:
                 decoder_input_ids = self.prepare_decoder_input_ids_from_labels(labels)

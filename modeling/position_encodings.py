@@ -342,10 +342,24 @@ class T5PositionEncoding(PositionEncoding):
 
     @classmethod
     def check_config(cls, config) -> None:
+        """`t5_relative_position_bucket` divides by `log(max_distance / max_exact)`, with `max_exact` the number of
+        exact buckets: `t5_num_buckets // 4` in the encoder (which gives the future half the buckets) and
+        `t5_num_buckets // 2` in the decoder. The encoder needs `max_exact >= 1`, so at least 4 buckets, and the
+        decoder `max_distance > max_exact`: at equality the bucket of distance `max_exact` is 0/0 (NaN), below it the
+        log-spaced buckets run backwards into negative (invalid) bucket ids."""
         if config.t5_num_buckets < 4:
-            raise ValueError(f"t5_num_buckets must be at least 4, got {config.t5_num_buckets}.")
-        if config.t5_max_distance <= 0:
-            raise ValueError(f"t5_max_distance must be a positive integer, got {config.t5_max_distance}.")
+            raise ValueError(
+                f"t5_num_buckets must be at least 4 (the encoder splits them between past and future, each with at "
+                f"least one exact bucket), got {config.t5_num_buckets}. T5 uses 32."
+            )
+        exact = config.t5_num_buckets // 2
+        if config.t5_max_distance <= exact:
+            raise ValueError(
+                f"t5_max_distance must be greater than t5_num_buckets // 2 = {exact}, got {config.t5_max_distance}: "
+                f"the decoder's first {exact} buckets hold the distances 0..{exact - 1} one by one and its log-spaced "
+                f"buckets the distances from {exact} to t5_max_distance. Raise t5_max_distance above {exact} or lower "
+                f"t5_num_buckets (T5 uses 32 buckets and a max distance of 128)."
+            )
 
     def __init__(self, config, num_heads: int, causal: bool) -> None:
         super().__init__(config, num_heads, causal)

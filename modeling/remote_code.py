@@ -23,13 +23,14 @@ from types import ModuleType
 from transformers import PreTrainedConfig
 
 from ..configuration import configuration_posformer, transformers_compat
-from . import modeling_posformer, pipeline_posformer, position_encodings
+from . import input_checks, modeling_posformer, pipeline_posformer, position_encodings
 from .atomic_io import atomic_write_text
 
 SOURCE_MODULES: tuple[ModuleType, ...] = (
     transformers_compat,
     configuration_posformer,
     modeling_posformer,
+    input_checks,
     position_encodings,
     pipeline_posformer,
 )
@@ -41,6 +42,7 @@ RELATIVE_IMPORTS: dict[str, str] = {
     ".transformers_compat": ".transformers_compat",
     "..modeling.position_encodings": ".position_encodings",
     ".position_encodings": ".position_encodings",
+    ".input_checks": ".input_checks",
 }
 """Every package-relative import the travelling files may contain -> its flat spelling."""
 

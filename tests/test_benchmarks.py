@@ -43,3 +43,12 @@ def test_data_access_benchmark_checks_its_two_ways_agree_and_prints_its_table(ca
     results = data_access.main(["--pairs", "500", "--batch_size", "64", "--rounds", "1"])  # asserts equal results
     assert all(seconds > 0 for times in results.values() for seconds in times.values())
     assert "| one padded batch of 64 pairs |" in capsys.readouterr().out
+
+
+def test_input_checks_benchmark_times_the_checks_against_a_forward_and_prints_its_table(capsys):
+    spec = importlib.util.spec_from_file_location("input_checks", SCRIPT.with_name("input_checks.py"))
+    input_checks = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(input_checks)
+    results = input_checks.main(["--sizes", "tiny", "--batch", "2", "--length", "8", "--rounds", "2"])
+    assert 0 < results["tiny"]["share"] < 1 and results["tiny"]["checks_us"] > 0
+    assert "| tiny |" in capsys.readouterr().out

@@ -58,7 +58,7 @@ def test_round_trip_through_json(tmp_path):
         ({"t5_num_buckets": 2, "position_encoding": "t5"}, r"t5_num_buckets must be at least 4"),
         ({"hadamard_gain": 1.0, "position_encoding": "hadamard"}, r"hadamard_gain must be in \[0, 1\)"),
         ({"shaw_max_distance": 0, "position_encoding": "shaw"}, r"shaw_max_distance must be a positive integer"),
-        ({"t5_max_distance": 0, "position_encoding": "t5"}, r"t5_max_distance must be a positive integer"),
+        ({"t5_max_distance": 0, "position_encoding": "t5"}, r"t5_max_distance must be greater than t5_num_buckets"),
     ],
 )
 def test_invalid_values_raise_value_error_saying_what_to_change(overrides, message):

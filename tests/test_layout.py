@@ -61,3 +61,12 @@ def test_the_readme_table_has_one_row_per_registered_encoding():
     table = readme[readme.index("## Position encodings") :].split("\n\n")[1]
     rows = re.findall(r"^\| `(\w+)` \|", table, flags=re.MULTILINE)
     assert rows == list(POSITION_ENCODINGS)
+
+
+def test_the_readme_layout_names_every_module():
+    """Every module of modeling/ and training/ has its line in the README's Layout section."""
+    layout = (ROOT / "README.md").read_text().split("## Layout", 1)[1]
+    modules = [path for folder in ("modeling", "training") for path in (ROOT / folder).glob("*.py")]
+    unnamed = [path.name for path in modules if path.stem not in ("__init__", "__main__") and
+               f"`{path.name}`" not in layout]  # fmt: skip
+    assert not unnamed, f"README's Layout section does not name {unnamed}"

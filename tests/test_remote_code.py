@@ -33,6 +33,7 @@ CODE_FILES = {
     "transformers_compat.py",
     "configuration_posformer.py",
     "modeling_posformer.py",
+    "input_checks.py",
     "position_encodings.py",
     "pipeline_posformer.py",
 }

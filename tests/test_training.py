@@ -144,7 +144,8 @@ def test_fsdp_matches_one_process_resumes_exactly_and_averages_its_sharded_check
               "--gradient_accumulation_steps", "2", "--position_encoding", "t5"]  # fmt: skip
     one, fsdp, resumed = tmp_path / "one", tmp_path / "fsdp", tmp_path / "resumed"
     reference = main([*common, "--output_dir", str(one), "--gradient_accumulation_steps", "4"])
-    for arguments in ([*common, "--output_dir", str(fsdp)], [*common, "--output_dir", str(resumed), "--max_steps", "3"],
+    first_half = [*common, "--output_dir", str(resumed), "--max_steps", "3", "--average_last_checkpoints", "1"]
+    for arguments in ([*common, "--output_dir", str(fsdp)], first_half,
                       [*common, "--output_dir", str(resumed), "--resume_from_checkpoint"]):  # fmt: skip
         run = launch_fsdp_on_cpu(arguments, tmp_path, "--fsdp_auto_wrap_policy", "TRANSFORMER_BASED_WRAP")
         assert run.returncode == 0, run.stderr[-3000:]

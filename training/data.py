@@ -1,11 +1,7 @@
-"""Parallel data for training: loading, checking, a shared BPE tokenizer, and token-capped batches.
-
-Data arrive in one of two layouts that the datasets library uses for translation: a `translation`
-column of `{lang: text}` dicts (wmt14, the built-in corpus) or one text column per language. Both
-become `source` / `target` strings; anything else is a clear error naming the columns that are there.
+"""Tokenizing and batching parallel data: a shared BPE tokenizer, tokenized pairs within the length limits, and
+token-capped, length-bucketed batches. Where the pairs come from, and their checks, is `parallel_data.py`'s.
 """
 
-import os
 import random
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -14,104 +10,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import torch
-from datasets import Dataset, DatasetDict, load_dataset
+from datasets import Dataset
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
-from .corpus import load_builtin_corpus
-
-SPLITS = ("train", "validation", "test")
 SPECIAL_TOKENS = {"pad_token": "<pad>", "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"}
-FILE_LOADERS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet", ".gz": "json"}
-
-
-def load_parallel_data(data_args) -> DatasetDict:
-    """Raw splits from the Hub (`--dataset_name`), local files (`--train_file` ...) or the built-in corpus."""
-    if data_args.dataset_name is not None:
-        return load_dataset(data_args.dataset_name, data_args.dataset_config_name)
-    files = {
-        split: path
-        for split, path in zip(
-            SPLITS, (data_args.train_file, data_args.validation_file, data_args.test_file), strict=True
-        )
-        if path is not None
-    }
-    if not files:
-        return load_builtin_corpus()
-    suffixes = {FILE_LOADERS.get("." + path.rsplit(".", 1)[-1]) for path in files.values()}
-    if None in suffixes or len(suffixes) != 1:
-        raise ValueError(
-            f"Data files must all be one of {sorted(set(FILE_LOADERS))} (json/jsonl may be gzipped), got {files}."
-        )
-    for split, path in files.items():
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"--{split}_file {path}: no such file.")
-        if os.path.getsize(path) == 0:
-            raise ValueError(f"The {split} split is empty: --{split}_file {path} holds no sentence pair.")
-    # one split at a time: the files need not share a schema, and errors name the file
-    loader = suffixes.pop()
-    return DatasetDict(
-        {split: load_dataset(loader, data_files={split: path}, split=split) for split, path in files.items()}
-    )
-
-
-def source_target_pairs(
-    dataset: Dataset, split: str, source_lang: str, target_lang: str, num_proc: int | None = None
-) -> Dataset:
-    """`dataset` with exactly the columns `source` and `target` (strings), whatever its layout (`num_proc`:
-    worker processes, as in `Dataset.map`)."""
-    if len(dataset) == 0:
-        raise ValueError(f"The {split} split is empty: it needs at least one sentence pair.")
-    columns = dataset.column_names
-    if "translation" in columns:
-        languages = sorted(dataset[0]["translation"])
-        missing = [lang for lang in (source_lang, target_lang) if lang not in languages]
-        if missing:
-            raise ValueError(
-                f"The {split} split's `translation` column has languages {languages}, not {missing}. "
-                f"Set --source_lang/--target_lang to two of {languages}."
-            )
-
-        def pick(batch):
-            return {
-                "source": [pair[source_lang] for pair in batch["translation"]],
-                "target": [pair[target_lang] for pair in batch["translation"]],
-            }
-
-    elif source_lang in columns and target_lang in columns:
-
-        def pick(batch):
-            return {"source": batch[source_lang], "target": batch[target_lang]}
-
-    else:
-        raise ValueError(
-            f"The {split} split has columns {columns}: it needs either a `translation` column of "
-            f"{{language: text}} dicts or two text columns named {source_lang!r} and {target_lang!r} "
-            f"(set --source_lang/--target_lang to the column names)."
-        )
-    return dataset.map(pick, batched=True, remove_columns=columns, num_proc=num_proc, desc=f"{split}: source/target")
-
-
-def prepare_splits(raw: DatasetDict, data_args) -> DatasetDict:
-    """Train/validation(/test) as `source`/`target` pairs; train and validation are required."""
-    for required in ("train", "validation"):
-        if required not in raw:
-            raise ValueError(
-                f"The data have splits {sorted(raw)}, but a {required!r} split is required "
-                f"(pass --{required}_file, or a dataset that has one)."
-            )
-    pairs = DatasetDict(
-        {
-            split: source_target_pairs(
-                raw[split], split, data_args.source_lang, data_args.target_lang, data_args.preprocessing_num_workers
-            )
-            for split in SPLITS
-            if split in raw
-        }
-    )
-    if data_args.max_train_samples is not None:
-        pairs["train"] = pairs["train"].select(range(min(data_args.max_train_samples, len(pairs["train"]))))
-    return pairs
 
 
 def train_bpe_tokenizer(texts: Iterable[str], vocab_size: int) -> PreTrainedTokenizerFast:

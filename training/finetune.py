@@ -51,8 +51,8 @@ from transformers.trainer_utils import get_last_checkpoint
 from .. import modeling  # noqa: F401  (registers posformer with the Auto classes)
 from .arguments import DataSourceArguments, check_output_folder, check_tokenizer_folder
 from .console import log_to_console
-from .data import load_parallel_data, source_target_pairs
 from .metrics import compute_translation_scores
+from .parallel_data import load_parallel_data, source_target_pairs
 from .run_folder import model_source
 
 

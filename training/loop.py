@@ -34,15 +34,14 @@ from .data import (
     collate,
     filter_by_length,
     load_or_train_tokenizer,
-    load_parallel_data,
     pair_lengths,
-    prepare_splits,
     special_token_ids,
     tokenize_pairs,
 )
 from .export import export_model
 from .metrics import load_translation_metric
 from .model_card import training_card_values
+from .parallel_data import load_parallel_data, prepare_splits
 from .plots import plot_training_curves
 from .run_folder import (
     CARD_FILE,
