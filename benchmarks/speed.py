@@ -3,6 +3,7 @@
     python benchmarks/speed.py                         # 2-core CPU defaults: vocab 8000, d_model 256, 3+3 layers
     python benchmarks/speed.py --rounds 1 --tiny       # smoke test
     python benchmarks/speed.py --device cuda --dtype bf16
+    python benchmarks/speed.py --no_ctranslate2        # without the CTranslate2 rows
 
 Every workload runs in interleaved rounds (ours, Marian, ours, ...) so that machine noise hits both alike;
 the table reports the median time of each and the ratio ours/peer (lower is better), then every position
@@ -12,23 +13,33 @@ batch of 32 x 64 tokens, cached greedy generation of 64 new tokens for 8 sentenc
 the peak memory of the training step (CUDA: allocator peak; CPU: the tensors a profiler sees allocated).
 `--profile` adds where the time goes: one profiled training step and greedy generation of posformer and Marian,
 their operators' own time summed by kind (matrix multiplies, attention, softmax and loss, ...).
+
+CTranslate2 rows (when `ctranslate2` is installed): the two generation workloads, 64 new tokens forced in every engine,
+on posformer exported by `export_ctranslate2` and on the same Marian converted by CTranslate2's own
+`TransformersConverter`, each in float32 and int8, interleaved with transformers' Marian in a third group: the
+ratios are time / transformers' Marian time, and posformer's export / CTranslate2's Marian (same engine, same
+weights, same arithmetic). CTranslate2 runs `torch.get_num_threads()` intra-op threads, one translation at a time.
 """
 
 import argparse
 import json
 import platform
 import statistics
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 
 import torch
 import transformers
-from transformers import MarianConfig, MarianMTModel
+from tokenizers import Tokenizer, models, pre_tokenizers
+from transformers import MarianConfig, MarianMTModel, PreTrainedTokenizerFast
 
 from posformer.configuration import PosformerConfig
 from posformer.modeling import POSITION_ENCODINGS, PosformerForConditionalGeneration
+from posformer.training.ctranslate2_export import CTranslate2NotInstalledError, export_ctranslate2, import_ctranslate2
 
 
 @dataclass
@@ -66,9 +77,11 @@ def marian(size: Size) -> MarianMTModel:
 
 
 def batch(size: Size, rows: int, device: torch.device) -> dict[str, torch.Tensor]:
+    """Random ids past the special ones (0-3) and short of the last, which CTranslate2's Marian drops
+    (`word_tokenizer`)."""
     generator = torch.Generator().manual_seed(0)
-    input_ids = torch.randint(4, size.vocab_size, (rows, size.length), generator=generator)
-    labels = torch.randint(4, size.vocab_size, (rows, size.length), generator=generator)
+    input_ids = torch.randint(4, size.vocab_size - 1, (rows, size.length), generator=generator)
+    labels = torch.randint(4, size.vocab_size - 1, (rows, size.length), generator=generator)
     return {"input_ids": input_ids.to(device), "labels": labels.to(device)}
 
 
@@ -93,6 +106,72 @@ def generation(model, inputs, size: Size, num_beams: int) -> Callable[[], None]:
             )  # fmt: skip
 
     return run
+
+
+def word_tokenizer(vocab_size: int, pad_token_id: int) -> PreTrainedTokenizerFast:
+    """A whitespace WordLevel tokenizer whose ids are the models' rows: `<s>`, `</s>`, `<unk>` at 1-3 (the config's
+    `decoder_start_token_id`, `eos_token_id` and the rest), `<pad>` at `pad_token_id`, `tok{id}` elsewhere. Marian's
+    needs `<pad>` last: CTranslate2's Marian converter drops the last row (it starts the decoder from a zero embedding
+    instead); the benchmark's ids never reach it, nor 0, so that both tokenizers spell every source id alike."""
+    special = {1: "<s>", 2: "</s>", 3: "<unk>", pad_token_id: "<pad>"}
+    backend = Tokenizer(models.WordLevel({special.get(i, f"tok{i}"): i for i in range(vocab_size)}, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend, pad_token="<pad>", bos_token="<s>", eos_token="</s>", unk_token="<unk>"
+    )
+
+
+CTRANSLATE2_WEIGHTS = {"float32": None, "int8": "int8"}
+"""Row name -> the `quantization` both converters are given (None keeps float32)."""
+
+
+def ctranslate2_translators(ctranslate2: ModuleType, peers: dict, device: torch.device) -> dict:
+    """`{"posformer ct2 float32": Translator, ..., "marian ct2 int8": Translator}`: posformer through
+    `export_ctranslate2`, Marian saved with its tokenizer and converted by CTranslate2's own `TransformersConverter`."""
+    vocab_size = peers["posformer"].config.vocab_size
+    options = dict(device=device.type, intra_threads=torch.get_num_threads(), inter_threads=1)
+    translators = {}
+    with tempfile.TemporaryDirectory() as scratch:  # a Translator holds its weights in memory once built
+        scratch = Path(scratch)
+        peers["marian"].save_pretrained(scratch / "marian")
+        word_tokenizer(vocab_size, pad_token_id=vocab_size - 1).save_pretrained(scratch / "marian")
+        marian_converter = ctranslate2.converters.TransformersConverter(str(scratch / "marian"))
+        for weights, quantization in CTRANSLATE2_WEIGHTS.items():
+            posformer_folder = export_ctranslate2(
+                peers["posformer"], word_tokenizer(vocab_size, pad_token_id=0), scratch / f"posformer-{weights}",
+                quantization=quantization,
+            )  # fmt: skip
+            marian_folder = marian_converter.convert(str(scratch / f"marian-{weights}"), quantization=quantization)
+            translators[f"posformer ct2 {weights}"] = ctranslate2.Translator(str(posformer_folder), **options)
+            translators[f"marian ct2 {weights}"] = ctranslate2.Translator(marian_folder, **options)
+    return translators
+
+
+def ctranslate2_generation(translator, source: list[list[str]], size: Size, num_beams: int) -> Callable[[], None]:
+    """CTranslate2's `translate_batch` of `source` (token strings), exactly `size.new_tokens` new tokens."""
+
+    def run() -> None:
+        translator.translate_batch(
+            source, beam_size=num_beams, min_decoding_length=size.new_tokens, max_decoding_length=size.new_tokens
+        )
+
+    return run
+
+
+def measure_ctranslate2(translators: dict, marian: MarianMTModel, size: Size, rounds: int, device) -> dict:
+    """Median seconds of greedy and beam-4 generation per CTranslate2 engine and transformers' Marian, interleaved."""
+    inputs = batch(size, size.generate_batch, device)
+    tokenizer = word_tokenizer(size.vocab_size, pad_token_id=0)
+    source = [tokenizer.convert_ids_to_tokens(row) for row in inputs["input_ids"].tolist()]
+    return {
+        workload: compare(
+            {"marian": generation(marian, inputs, size, num_beams)}
+            | {name: ctranslate2_generation(t, source, size, num_beams) for name, t in translators.items()},
+            rounds,
+            device,
+        )
+        for workload, num_beams in (("greedy generation", 1), ("beam search (4)", 4))
+    }
 
 
 def timed(function: Callable[[], None], device: torch.device) -> float:
@@ -192,16 +271,25 @@ def measure(models: dict, size: Size, rounds: int, device: torch.device) -> dict
     return results
 
 
-def benchmark(size: Size, rounds: int, device: torch.device, dtype: torch.dtype, profile: bool = False) -> dict:
-    """posformer (`sinusoidal`) against Marian on identical weights, then every encoding of ours.
+def benchmark(
+    size: Size,
+    rounds: int,
+    device: torch.device,
+    dtype: torch.dtype,
+    profile: bool = False,
+    ctranslate2: ModuleType | None = None,
+) -> dict:
+    """posformer (`sinusoidal`) against Marian on identical weights, then every encoding of ours, then (given
+    `ctranslate2`) both models' CTranslate2 conversions against transformers' Marian.
 
-    The two comparisons run as separate interleaved groups: timing a model beside nine others would measure the
+    The comparisons run as separate interleaved groups: timing a model beside nine others would measure the
     allocator state they leave behind (on CPU, which freed blocks go back to the OS and must be faulted in
     again) as much as the model itself.
     """
     torch.manual_seed(0)
     peers = {"posformer": posformer(size, "sinusoidal"), "marian": marian(size)}
     peers["marian"].load_state_dict(peers["posformer"].state_dict(), strict=False)
+    translators = ctranslate2_translators(ctranslate2, peers, device) if ctranslate2 is not None else {}
     encodings = {name: posformer(size, name) for name in POSITION_ENCODINGS}
     for model in (*peers.values(), *encodings.values()):
         model.to(device=device, dtype=dtype)
@@ -215,6 +303,8 @@ def benchmark(size: Size, rounds: int, device: torch.device, dtype: torch.dtype,
             for workload in ("training step", "greedy generation")
         }
     results["encodings"] = measure(encodings, size, rounds, device)
+    if translators:
+        results["ctranslate2"] = measure_ctranslate2(translators, peers["marian"], size, rounds, device)
     return results
 
 
@@ -232,8 +322,34 @@ def table(results: dict) -> str:
     for workload, values in results["encodings"].items():
         cells = [f"{values[encoding] / values['sinusoidal']:.2f}" for encoding in encodings]
         lines.append(f"| {workload} (relative to sinusoidal) | " + " | ".join(cells) + " |")
+    if "ctranslate2" in results:
+        lines += ["", ctranslate2_table(results["ctranslate2"])]
     if "profile" in results:
         lines += ["", profile_table(results)]
+    return "\n".join(lines)
+
+
+CTRANSLATE2_ROWS = {
+    "marian": "transformers' Marian",
+    "posformer ct2 float32": "posformer -> CTranslate2 float32",
+    "posformer ct2 int8": "posformer -> CTranslate2 int8",
+    "marian ct2 float32": "CTranslate2's Marian float32",
+    "marian ct2 int8": "CTranslate2's Marian int8",
+}
+
+
+def ctranslate2_table(results: dict) -> str:
+    """Per engine and workload: the median time and time / transformers' Marian's; then posformer's export /
+    CTranslate2's Marian at each weight type (same engine)."""
+    header = " | ".join(f"{workload}: ms | {workload}: / Marian" for workload in results)
+    lines = [f"| generation engine | {header} |", "|---|" + "---|" * 2 * len(results)]
+    for name, label in CTRANSLATE2_ROWS.items():
+        cells = [f"{values[name] * 1000:.1f} | {values[name] / values['marian']:.2f}" for values in results.values()]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    for weights in CTRANSLATE2_WEIGHTS:
+        ratios = [values[f"posformer ct2 {weights}"] / values[f"marian ct2 {weights}"] for values in results.values()]
+        cells = [cell for ratio in ratios for cell in ("", f"{ratio:.2f}")]  # no time column
+        lines.append(f"| posformer / CTranslate2's Marian, both {weights} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -253,6 +369,15 @@ def profile_table(results: dict) -> str:
     return "\n".join(lines)
 
 
+def optional_ctranslate2() -> ModuleType | None:
+    """The `ctranslate2` package, or None with a printed note that its rows are left out."""
+    try:
+        return import_ctranslate2()
+    except CTranslate2NotInstalledError as error:
+        print(f"Leaving out the CTranslate2 rows: {error}")
+        return None
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=5, help="Interleaved rounds per workload (median reported).")
@@ -261,15 +386,17 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--tiny", action="store_true", help="Tiny sizes, for the smoke test.")
     parser.add_argument("--profile", action="store_true", help="Also show where the time goes, by operator kind.")
     parser.add_argument("--out", type=Path, default=None, help="Write the results as JSON here.")
+    parser.add_argument("--no_ctranslate2", action="store_true", help="Leave out the CTranslate2 rows.")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
     size = TINY if args.tiny else Size()
-    results = benchmark(size, args.rounds, device, dtype, args.profile)
+    ctranslate2 = None if args.no_ctranslate2 else optional_ctranslate2()
+    results = benchmark(size, args.rounds, device, dtype, args.profile, ctranslate2)
     results["machine"] = {
         "platform": platform.platform(), "processor": platform.processor(), "threads": torch.get_num_threads(),
         "device": args.device, "dtype": args.dtype, "torch": torch.__version__,
-        "transformers": transformers.__version__,
+        "transformers": transformers.__version__, "ctranslate2": getattr(ctranslate2, "__version__", None),
     }  # fmt: skip
     results["size"] = vars(size)
     print(table(results))

@@ -6,7 +6,11 @@ import json
 import math
 from pathlib import Path
 
+import pytest
+
+from conftest import FAST_RUN, TINY_RUN, toy_data_arguments
 from posformer.modeling import POSITION_ENCODINGS
+from posformer.training.train import main as train
 
 SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "speed.py"
 
@@ -34,6 +38,15 @@ def test_speed_benchmark_writes_its_table(tmp_path, capsys):
     assert results["profile"]["training step"]["posformer"]["optimizer (AdamW)"] > 0
     assert results["profile"]["greedy generation"]["posformer"]["optimizer (AdamW)"] == 0
     assert "| where the time goes (ms) |" in printed
+    if importlib.util.find_spec("ctranslate2") is None:  # an optional extra: its rows are left out, with a note
+        assert "ctranslate2" not in results and "Leaving out the CTranslate2 rows" in printed
+        return
+    assert set(results["ctranslate2"]) == {"greedy generation", "beam search (4)"}
+    for values in results["ctranslate2"].values():
+        assert set(values) == set(speed.CTRANSLATE2_ROWS) and all(math.isfinite(v) and v > 0 for v in values.values())
+    assert results["machine"]["ctranslate2"]
+    for label in (*speed.CTRANSLATE2_ROWS.values(), "posformer / CTranslate2's Marian, both int8"):
+        assert f"| {label} |" in printed
 
 
 def test_data_access_benchmark_checks_its_two_ways_agree_and_prints_its_table(capsys):
@@ -52,3 +65,17 @@ def test_input_checks_benchmark_times_the_checks_against_a_forward_and_prints_it
     results = input_checks.main(["--sizes", "tiny", "--batch", "2", "--length", "8", "--rounds", "2"])
     assert 0 < results["tiny"]["share"] < 1 and results["tiny"]["checks_us"] > 0
     assert "| tiny |" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_ctranslate2_quality_benchmark_scores_three_engines_of_a_run(tmp_path, capsys):
+    pytest.importorskip("ctranslate2")
+    spec = importlib.util.spec_from_file_location("ctranslate2_quality", SCRIPT.with_name("ctranslate2_quality.py"))
+    quality = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(quality)
+    train([*TINY_RUN, *FAST_RUN, *toy_data_arguments(tmp_path), "--output_dir", str(tmp_path / "run"),
+           "--max_steps", "2", "--save_steps", "2", "--eval_steps", "100"])  # fmt: skip
+    results = quality.main([str(tmp_path / "run"), "--max_samples", "6"])
+    assert set(results) == {"torch", "ctranslate2 float32", "ctranslate2 int8"}
+    assert results["ctranslate2 float32"]["differ_from_torch"] == 0  # the export's parity, on a real run
+    assert "| ctranslate2 int8 |" in capsys.readouterr().out

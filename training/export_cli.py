@@ -1,11 +1,15 @@
 """`posformer-export`: turn a finished training run into a documented model folder, and optionally publish it.
 
-    posformer-export RUN_DIR OUT_DIR [--average_last N] [--push_to_hub ORG/NAME] [--private] [--token TOKEN]
+    posformer-export RUN_DIR OUT_DIR [--average_last N] [--format safetensors|ctranslate2] [--quantization TYPE]
+                     [--push_to_hub ORG/NAME] [--private] [--token TOKEN]
 
 RUN_DIR is a `posformer-train` output folder (its layout: `run_folder.py`). The weights are the run's final model
 (`RUN_DIR/model`) or, with `--average_last N`, the element-wise mean of its last N complete checkpoints
 (`RUN_DIR/checkpoints/checkpoint-*`, by step) loaded into that model. OUT_DIR is written atomically by
-`export.export_model`: safetensors, config, tokenizer, the paper's generation config and a model card.
+`export.export_model`: safetensors, config, tokenizer, the paper's generation config and a model card. With
+`--format ctranslate2` it is a CTranslate2 model folder instead (`ctranslate2_export.export_ctranslate2`, weights
+optionally quantized with `--quantization int8|int8_float32|int16|float16|bfloat16|...`), with the tokenizer and the
+same generation config; it needs the `ctranslate2` extra (`pip install "posformer[ctranslate2]"`).
 
 The card's run values (data, recipe, hardware...) come from `RUN_DIR/card.json`, which the run writes with
 the values of its own model card; the scores come from `RUN_DIR/results.json`. The scores are carried over only when
@@ -34,6 +38,7 @@ import posformer.modeling  # noqa: F401  (registers posformer with the Auto clas
 from .arguments import check_output_folder
 from .checkpoint_averaging import load_average
 from .console import log_to_console
+from .ctranslate2_export import QUANTIZATIONS, CTranslate2NotInstalledError, check_exportable, export_ctranslate2
 from .export import export_model, paper_generation_config
 from .model_card import MODEL_CARD_TEMPLATE, describe_averaging, model_card_values, template_fields
 from .run_folder import (
@@ -49,6 +54,7 @@ from .run_folder import (
 
 logger = logging.getLogger(__spec__.name)  # the module's name also when run as `python -m`
 
+FORMATS = ("safetensors", "ctranslate2")
 NOT_SCORED = "not scored: these weights differ from the model the run scored"
 # The card values `run_card` sets itself; every other value of the model card that the model does not give comes
 # from the run's card.json.
@@ -214,14 +220,20 @@ def export_run(
     private: bool = False,
     token: str | None = None,
     overwrite_output_dir: bool = False,
+    export_format: str = "safetensors",
+    quantization: str | None = None,
 ) -> Path:
     """Export a training run's final (or averaged) model to `out_dir`, optionally upload it; return `out_dir`.
 
-    The run (its files, results.json and card.json parsed), the destination and the checkpoints are checked before
-    any weights are read, card.json's keys once the final model is loaded, all before anything is written; a
-    failure raises `ValueError` with the reason and leaves `out_dir` untouched.
+    `export_format` is `"safetensors"` (a transformers model folder with its card) or `"ctranslate2"` (a CTranslate2
+    model folder, `quantization` one of `QUANTIZATIONS` or None for float32, with the tokenizer and the paper's
+    generation config). The run (its files, results.json and card.json parsed), the destination and the checkpoints
+    are checked before any weights are read, card.json's keys and what CTranslate2 can express once the final model
+    is loaded, all before anything is written; a failure raises `ValueError` with the reason and leaves `out_dir`
+    untouched.
     """
     run_dir, out_dir = Path(run_dir), Path(out_dir)
+    check_format(export_format, quantization)
     if private and push_to_hub is None:
         raise ValueError("--private only applies with --push_to_hub.")
     check_run(run_dir)
@@ -231,12 +243,28 @@ def export_run(
     model = load_final_model(run_dir / MODEL_DIR)
     tokenizer = AutoTokenizer.from_pretrained(run_dir / MODEL_DIR)
     saved = saved_card_values(run_dir, card_file, model)
+    if export_format == "ctranslate2":
+        check_exportable(model, quantization)
     scored = load_average(model, paths) if paths else True
-    card = run_card(saved, results, push_to_hub or str(out_dir), average_last, scored)
-    export_model(model, tokenizer, out_dir, card)
+    if export_format == "ctranslate2":
+        export_ctranslate2(model, tokenizer, out_dir, quantization, paper_generation_config(model.config))
+    else:
+        card = run_card(saved, results, push_to_hub or str(out_dir), average_last, scored)
+        export_model(model, tokenizer, out_dir, card)
     if push_to_hub is not None:
         logger.info(f"uploaded: {push_folder(out_dir, push_to_hub, private, token)}")
     return out_dir
+
+
+def check_format(export_format: str, quantization: str | None) -> None:
+    """`ValueError` for an unknown `--format`, or a `--quantization` that it does not take."""
+    if export_format not in FORMATS:
+        raise ValueError(f"--format {export_format!r} is not an export format; choose one of: {', '.join(FORMATS)}.")
+    if quantization is not None and export_format != "ctranslate2":
+        raise ValueError(
+            f"--quantization {quantization} applies to CTranslate2's weights only: add --format ctranslate2, or drop "
+            "--quantization for the safetensors export."
+        )
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -248,6 +276,18 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("run_dir", type=Path, help="the training run's output folder")
     parser.add_argument("out_dir", type=Path, help="the folder to write (replaced atomically)")
     parser.add_argument("--average_last", type=int, help="export the mean of the run's last N checkpoints")
+    parser.add_argument(
+        "--format",
+        choices=FORMATS,
+        default="safetensors",
+        help="safetensors: a transformers model folder with its model card (default); ctranslate2: a CTranslate2 "
+        'model folder with the tokenizer and generation config (needs pip install "posformer[ctranslate2]")',
+    )
+    parser.add_argument(
+        "--quantization",
+        choices=QUANTIZATIONS,
+        help="CTranslate2 weight type (with --format ctranslate2; default float32)",
+    )
     parser.add_argument("--push_to_hub", metavar="ORG/NAME", help="upload the export to this Hub model repository")
     parser.add_argument("--private", action="store_true", help="create the Hub repository as private")
     parser.add_argument("--token", help="Hub token (default: HF_TOKEN or the cached login)")
@@ -268,8 +308,10 @@ def cli(argv: list[str] | None = None) -> None:
             private=args.private,
             token=args.token,
             overwrite_output_dir=args.overwrite_output_dir,
+            export_format=args.format,
+            quantization=args.quantization,
         )
-    except ValueError as error:
+    except (ValueError, CTranslate2NotInstalledError) as error:
         sys.exit(f"posformer-export: error: {error}")
     logger.info(f"exported: {out_dir}")
 

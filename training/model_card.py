@@ -6,7 +6,7 @@ caller's `card`, whose keys win):
 
     position_encoding, position_encoding_description, layer_norm, d_model, encoder_layers, decoder_layers,
     encoder_attention_heads, decoder_attention_heads, encoder_ffn_dim, decoder_ffn_dim, vocab_size,
-    max_position_embeddings, num_parameters, num_beams, length_penalty, max_new_tokens
+    max_position_embeddings, num_parameters, num_beams, length_penalty, max_new_tokens, ctranslate2_support
 
 The caller's `card` gives the run-specific ones (`training_card_values` derives them from a posformer-train run):
 
@@ -47,6 +47,7 @@ import yaml
 from transformers import GenerationConfig, PreTrainedModel
 
 from ..modeling import POSITION_ENCODINGS
+from .ctranslate2_export import EXPORTABLE, NOT_EXPORTABLE
 
 MODEL_CARD_TEMPLATE = Path(__file__).resolve().parent / "model_card.md"
 
@@ -127,6 +128,14 @@ def describe_position_encoding(name: str) -> str:
     return f"{summary[:1].upper()}{summary[1:]}."
 
 
+def describe_ctranslate2_support(name: str) -> str:
+    """Whether encoding `name` exports to CTranslate2, as the card's sentence (`ctranslate2_export`)."""
+    if name in EXPORTABLE:
+        return f"CTranslate2 computes the `{name}` encoding exactly as posformer does."
+    reason = NOT_EXPORTABLE.get(name, "CTranslate2's Transformer specification cannot express it")
+    return f"The `{name}` encoding does not export to CTranslate2 ({reason}): the export below refuses it."
+
+
 def model_card_values(model: PreTrainedModel, generation_config: GenerationConfig) -> dict[str, object]:
     """The card values that the model and its decoding settings determine (architecture, encoding, decoding)."""
     config = model.config
@@ -139,6 +148,7 @@ def model_card_values(model: PreTrainedModel, generation_config: GenerationConfi
         "num_beams": generation_config.num_beams,
         "length_penalty": generation_config.length_penalty,
         "max_new_tokens": generation_config.max_new_tokens,
+        "ctranslate2_support": describe_ctranslate2_support(config.position_encoding),
     }
 
 
