@@ -4,7 +4,10 @@ Field names follow transformers' Marian and BART configs (`d_model`, `encoder_la
 `encoder_attention_heads`, `encoder_ffn_dim`, ...) so that users' habits carry over; the usual
 aliases (`hidden_size`, `num_attention_heads`, `num_hidden_layers`) map onto them. The defaults are
 the base model of Vaswani et al. (2017), "Attention Is All You Need": 6+6 layers, width 512,
-8 heads, FFN 2048, ReLU, dropout 0.1, post-LN, scaled embeddings, fixed sinusoids.
+8 heads, FFN 2048, ReLU, dropout 0.1, post-LN, scaled embeddings, fixed sinusoids. The other architecture
+choices (pre-norm, RMSNorm, a norm of the embeddings, no biases, unscaled scores, a gated feed-forward network, a
+logits bias, ...) are what BART, mBART, Marian and T5 need (`posformer.modeling.convert_from_transformers`), and
+combine with every position encoding.
 """
 
 import difflib
@@ -20,6 +23,9 @@ from transformers.utils import logging
 from .transformers_compat import CACHE_NAME
 
 logger = logging.get_logger(__name__)
+
+NORM_TYPES = ("layer_norm", "rms_norm")
+"""`norm_type` values: `nn.LayerNorm` (Ba et al., 2016) or `nn.RMSNorm` (Zhang & Sennrich, 2019: no mean, no bias)."""
 
 KEYS_SAVED_BESIDE_FIELDS = frozenset({"model_type", "auto_map", "custom_pipelines", "_name_or_path"})
 """What a config.json written by transformers 5.20-5.24 holds besides the fields, which `PreTrainedConfig` sets back
@@ -70,9 +76,18 @@ class PosformerConfig(PreTrainedConfig):
     attention_dropout: float | int = 0.0
     activation_dropout: float | int = 0.0
 
-    # --- architecture choices ---------------------------------------------------------------------
+    # --- architecture choices (the paper's by default; `convert_from_transformers` sets the others) ---
     scale_embedding: bool = True  # multiply token embeddings by sqrt(d_model), as the paper does
-    normalize_before: bool = False  # False: post-LN as in the paper; True: pre-LN plus a final LayerNorm
+    normalize_before: bool = False  # False: post-norm as in the paper; True: pre-norm plus a final norm per stack
+    norm_type: str = "layer_norm"  # "layer_norm" (the paper, BART, Marian) or "rms_norm" (T5: no mean, no bias)
+    layer_norm_eps: float = 1e-5  # epsilon of every norm (T5 uses 1e-6)
+    layernorm_embedding: bool = False  # a norm of the embeddings (positions included) before the first layer (BART)
+    head_dim: int | None = None  # per-head size; None: d_model / heads (T5 v1.1 and mT5 set it apart)
+    projection_bias: bool = True  # biases of the attention projections and feed-forward layers (T5: none)
+    scale_attention_scores: bool = True  # divide q.k by sqrt(head size); T5 folds the scaling into its init
+    gated_feed_forward: bool = False  # fc2(act(fc1 x) * fc_up x), the GLU variants of Shazeer (2020) (T5 v1.1)
+    final_logits_bias: bool = False  # a (1, V) bias buffer added to the logits (BART, Marian)
+    scale_decoder_output: bool = False  # decoder output times d_model^-0.5 before the LM head (T5 v1.0's tied head)
     tie_word_embeddings: bool = True  # LM head shares the (source/target) token embedding matrix
     init_std: float = 0.02
 
@@ -145,18 +160,24 @@ class PosformerConfig(PreTrainedConfig):
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)}.")
+        if self.head_dim is not None and self.head_dim <= 0:
+            raise ValueError(f"head_dim must be a positive integer or None (d_model / heads), got {self.head_dim}.")
         for name in ("encoder_attention_heads", "decoder_attention_heads"):
             heads = getattr(self, name)
-            if self.d_model % heads:
+            if self.head_dim is None and self.d_model % heads:
                 raise ValueError(
                     f"d_model={self.d_model} is not divisible by {name}={heads}: every head gets "
                     f"d_model / heads dimensions. Pick a d_model that is a multiple of {heads}, or a head "
-                    f"count that divides {self.d_model}."
+                    f"count that divides {self.d_model}, or set head_dim."
                 )
         for name in ("dropout", "attention_dropout", "activation_dropout"):
             value = getattr(self, name)
             if not 0.0 <= value < 1.0:
                 raise ValueError(f"{name} must be in [0, 1), got {value}.")
+        if self.norm_type not in NORM_TYPES:
+            raise ValueError(f"Unknown norm_type={self.norm_type!r}. Choose one of: {', '.join(NORM_TYPES)}.")
+        if self.layer_norm_eps <= 0:
+            raise ValueError(f"layer_norm_eps must be positive, got {self.layer_norm_eps}.")
         if self.init_std <= 0:
             raise ValueError(f"init_std must be positive, got {self.init_std}.")
         self._check_token_ids()
@@ -165,6 +186,10 @@ class PosformerConfig(PreTrainedConfig):
             raise ValueError(
                 f"Unknown activation_function={self.activation_function!r}. Choose one of: {', '.join(sorted(ACT2FN))}."
             )
+
+    def attention_head_dim(self, num_heads: int) -> int:
+        """The per-head size `D` of an attention with `num_heads` heads: `head_dim`, else `d_model / num_heads`."""
+        return self.head_dim if self.head_dim is not None else self.d_model // num_heads
 
     @classmethod
     def _float_fields(cls) -> list[Field]:

@@ -24,6 +24,7 @@ from huggingface_hub import try_to_load_from_cache
 from safetensors import SafetensorError
 from torch import nn
 from transformers import GenerationConfig, GenerationMixin, PreTrainedModel
+from transformers import initialization as init
 from transformers.activations import ACT2FN
 from transformers.cache_utils import Cache, DynamicCache, EncoderDecoderCache
 from transformers.masking_utils import create_bidirectional_mask, create_causal_mask
@@ -123,15 +124,16 @@ class PosformerAttention(nn.Module):
         super().__init__()
         self.config = config
         self.num_heads = num_heads
-        self.head_dim = config.d_model // num_heads
-        self.scaling = self.head_dim**-0.5
+        self.head_dim = config.attention_head_dim(num_heads)
+        self.scaling = self.head_dim**-0.5 if config.scale_attention_scores else 1.0
         self.dropout = config.attention_dropout
         self.is_causal = is_causal  # read by the sdpa kernel when no mask is given
         self.layer_idx = layer_idx
-        self.q_proj = nn.Linear(config.d_model, config.d_model)
-        self.k_proj = nn.Linear(config.d_model, config.d_model)
-        self.v_proj = nn.Linear(config.d_model, config.d_model)
-        self.out_proj = nn.Linear(config.d_model, config.d_model)
+        inner_dim, bias = num_heads * self.head_dim, config.projection_bias
+        self.q_proj = nn.Linear(config.d_model, inner_dim, bias=bias)
+        self.k_proj = nn.Linear(config.d_model, inner_dim, bias=bias)
+        self.v_proj = nn.Linear(config.d_model, inner_dim, bias=bias)
+        self.out_proj = nn.Linear(inner_dim, config.d_model, bias=bias)
         self.relative_term = relative_term
         encoding = POSITION_ENCODINGS[config.position_encoding]
         self.needs_weights = relative_term is not None and encoding.needs_attention_weights
@@ -204,15 +206,23 @@ class PosformerAttention(nn.Module):
         return attn_output, attn_weights
 
 
+def make_norm(config: PosformerConfig) -> nn.LayerNorm | nn.RMSNorm:
+    """The config's normalisation over `d_model` features: `nn.LayerNorm` (Ba et al., 2016) or `nn.RMSNorm`
+    (Zhang & Sennrich, 2019; T5's layer norm: `x / sqrt(mean(x^2) + eps) * weight`, no mean, no bias)."""
+    if config.norm_type == "rms_norm":
+        return nn.RMSNorm(config.d_model, eps=config.layer_norm_eps)
+    return nn.LayerNorm(config.d_model, eps=config.layer_norm_eps)
+
+
 def residual_sublayer(
     hidden_states: torch.Tensor,
     sublayer: Callable[[torch.Tensor], torch.Tensor],
-    layer_norm: nn.LayerNorm,
+    layer_norm: nn.Module,
     dropout: float,
     normalize_before: bool,
     training: bool,
 ) -> torch.Tensor:
-    """`LayerNorm(x + Dropout(f(x)))` (post-LN, the paper) or `x + Dropout(f(LayerNorm(x)))` (pre-LN)."""
+    """`Norm(x + Dropout(f(x)))` (post-norm, the paper) or `x + Dropout(f(Norm(x)))` (pre-norm)."""
     if normalize_before:
         return hidden_states + nn.functional.dropout(sublayer(layer_norm(hidden_states)), dropout, training)
     return layer_norm(hidden_states + nn.functional.dropout(sublayer(hidden_states), dropout, training))
@@ -220,7 +230,8 @@ def residual_sublayer(
 
 class PosformerLayer(GradientCheckpointingLayer):
     """What encoder and decoder layers share: residual sub-layers and the position-wise feed-forward
-    network `fc2(Dropout(act(fc1(x))))`."""
+    network `fc2(Dropout(act(fc1(x))))`, or with `gated_feed_forward` `fc2(Dropout(act(fc1(x)) * fc_up(x)))`
+    (GEGLU, ReGLU, SwiGLU, ...: Shazeer, 2020, "GLU Variants Improve Transformer"; T5 v1.1's `wi_0`, `wi_1`, `wo`)."""
 
     def __init__(self, config: PosformerConfig, ffn_dim: int) -> None:
         super().__init__()
@@ -228,12 +239,16 @@ class PosformerLayer(GradientCheckpointingLayer):
         self.normalize_before = config.normalize_before
         self.activation_fn = ACT2FN[config.activation_function]
         self.activation_dropout = config.activation_dropout
-        self.fc1 = nn.Linear(config.d_model, ffn_dim)
-        self.fc2 = nn.Linear(ffn_dim, config.d_model)
-        self.final_layer_norm = nn.LayerNorm(config.d_model)
+        bias = config.projection_bias
+        self.fc1 = nn.Linear(config.d_model, ffn_dim, bias=bias)
+        self.fc_up = nn.Linear(config.d_model, ffn_dim, bias=bias) if config.gated_feed_forward else None
+        self.fc2 = nn.Linear(ffn_dim, config.d_model, bias=bias)
+        self.final_layer_norm = make_norm(config)
 
     def feed_forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        hidden_states = self.activation_fn(self.fc1(hidden_states))
+        hidden_states, inputs = self.activation_fn(self.fc1(hidden_states)), hidden_states
+        if self.fc_up is not None:
+            hidden_states = hidden_states * self.fc_up(inputs)
         hidden_states = nn.functional.dropout(hidden_states, p=self.activation_dropout, training=self.training)
         return self.fc2(hidden_states)
 
@@ -241,7 +256,7 @@ class PosformerLayer(GradientCheckpointingLayer):
         self,
         hidden_states: torch.Tensor,
         sublayer: Callable[[torch.Tensor], torch.Tensor],
-        layer_norm: nn.LayerNorm,
+        layer_norm: nn.Module,
     ) -> torch.Tensor:
         return residual_sublayer(
             hidden_states, sublayer, layer_norm, self.dropout, self.normalize_before, self.training
@@ -274,7 +289,7 @@ class PosformerEncoderLayer(PosformerLayer):
             layer_idx=layer_idx,
             relative_term=relative_term,
         )
-        self.self_attn_layer_norm = nn.LayerNorm(config.d_model)
+        self.self_attn_layer_norm = make_norm(config)
 
     def forward(
         self,
@@ -303,9 +318,9 @@ class PosformerDecoderLayer(PosformerLayer):
         self.self_attn = PosformerAttention(
             config, heads, is_causal=True, layer_idx=layer_idx, relative_term=relative_term
         )
-        self.self_attn_layer_norm = nn.LayerNorm(config.d_model)
+        self.self_attn_layer_norm = make_norm(config)
         self.encoder_attn = PosformerAttention(config, heads, is_causal=False, layer_idx=layer_idx)
-        self.encoder_attn_layer_norm = nn.LayerNorm(config.d_model)
+        self.encoder_attn_layer_norm = make_norm(config)
 
     def forward(
         self,
@@ -380,6 +395,11 @@ class PosformerPreTrainedModel(PreTrainedModel):
         super()._init_weights(module)
         if isinstance(module, (PositionEncoding, RelativeAttentionTerm)):
             module.init_weights(self.config)
+        if isinstance(module, PosformerAttention) and not self.config.scale_attention_scores:
+            # unscaled scores (T5): the queries start 1/sqrt(D) smaller, so the scores start as the scaled ones would
+            init.normal_(module.q_proj.weight, std=self.config.init_std * module.head_dim**-0.5)
+        if isinstance(module, PosformerForConditionalGeneration) and module.final_logits_bias is not None:
+            init.zeros_(module.final_logits_bias)
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, *args, **kwargs):
@@ -463,8 +483,8 @@ def _remote_code_module():
 
 
 class PosformerStack(PosformerPreTrainedModel):
-    """What the encoder and decoder share: token embeddings (scaled), the position encoding, layers,
-    and, with pre-LN, a final LayerNorm."""
+    """What the encoder and decoder share: token embeddings (scaled), the position encoding, an optional norm of the
+    embeddings, layers, and, with pre-norm, a final norm."""
 
     causal: bool
     layer_class: type[PosformerEncoderLayer]
@@ -479,7 +499,8 @@ class PosformerStack(PosformerPreTrainedModel):
         self.layers = nn.ModuleList(
             [self.layer_class(config, i, self.position_encoding.make_layer_term()) for i in range(num_layers)]
         )
-        self.layer_norm = nn.LayerNorm(config.d_model) if config.normalize_before else None
+        self.layernorm_embedding = make_norm(config) if config.layernorm_embedding else None
+        self.layer_norm = make_norm(config) if config.normalize_before else None
         self.self_attention_runs_eager = POSITION_ENCODINGS[config.position_encoding].needs_attention_weights
 
     def get_input_embeddings(self) -> nn.Embedding:
@@ -491,10 +512,13 @@ class PosformerStack(PosformerPreTrainedModel):
     def embed(
         self, input_ids: torch.Tensor | None, inputs_embeds: torch.Tensor | None, position_ids: torch.Tensor
     ) -> torch.Tensor:
-        """Scaled token embeddings combined with the positions (embedding contract), then dropout."""
+        """Scaled token embeddings combined with the positions (embedding contract), normalised with
+        `layernorm_embedding` (BART's `layernorm_embedding`), then dropout."""
         if inputs_embeds is None:
             inputs_embeds = self.embed_tokens(input_ids)
         hidden_states = self.position_encoding.embed(inputs_embeds * self.embed_scale, position_ids)
+        if self.layernorm_embedding is not None:
+            hidden_states = self.layernorm_embedding(hidden_states)
         return nn.functional.dropout(hidden_states, p=self.dropout, training=self.training)
 
     def finish(self, hidden_states: torch.Tensor) -> torch.Tensor:
@@ -809,7 +833,30 @@ class PosformerForConditionalGeneration(PosformerPreTrainedModel, GenerationMixi
         super().__init__(config)
         self.model = PosformerModel(config)
         self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
+        # BART's and Marian's `final_logits_bias`: a buffer (saved, never trained), as theirs
+        self.final_logits_bias = nn.Buffer(torch.zeros(1, config.vocab_size)) if config.final_logits_bias else None
+        self.output_scale = config.d_model**-0.5 if config.scale_decoder_output else 1.0
         self.post_init()
+
+    def resize_token_embeddings(
+        self, new_num_tokens: int | None = None, pad_to_multiple_of: int | None = None, mean_resizing: bool = True
+    ) -> nn.Embedding:
+        """`PreTrainedModel.resize_token_embeddings`, and `final_logits_bias` with it (new rows 0)."""
+        embeddings = super().resize_token_embeddings(new_num_tokens, pad_to_multiple_of, mean_resizing)
+        if self.final_logits_bias is not None:
+            old, new = self.final_logits_bias, embeddings.num_embeddings
+            resized = old.new_zeros(1, new)
+            resized[:, : min(new, old.shape[-1])] = old[:, :new]
+            self.final_logits_bias = nn.Buffer(resized)
+        return embeddings
+
+    def project_to_vocabulary(self, decoder_output: torch.Tensor) -> torch.Tensor:
+        """`(B, T, d)` decoder output -> `(B, T, V)` logits: `lm_head(output * output_scale) + final_logits_bias`,
+        with `output_scale` `d_model^-0.5` under `scale_decoder_output` (T5 v1.0's tied head), else 1."""
+        if self.output_scale != 1.0:
+            decoder_output = decoder_output * self.output_scale
+        logits = self.lm_head(decoder_output)
+        return logits + self.final_logits_bias if self.final_logits_bias is not None else logits
 
     def prepare_decoder_input_ids_from_labels(self, labels: torch.Tensor) -> torch.Tensor:
         """Used by `DataCollatorForSeq2Seq` to build `decoder_input_ids`."""
@@ -898,7 +945,7 @@ class PosformerForConditionalGeneration(PosformerPreTrainedModel, GenerationMixi
                 "logits_to_keep=0 (every position), or no labels."
             )
         kept = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
-        logits = self.lm_head(outputs.last_hidden_state[:, kept])
+        logits = self.project_to_vocabulary(outputs.last_hidden_state[:, kept])
         loss = None
         if labels is not None:
             loss = seq2seq_loss(logits, labels, num_items_in_batch=num_items_in_batch)

@@ -1,7 +1,7 @@
 """Every position encoding of posformer, and the one registry that names them.
 
 Shape legend: B batch (or 1 when the same for every row), L sequence length, q query length,
-k key length, H heads, D head size (d_model / H), d d_model, n number of relative embeddings.
+k key length, H heads, D head size (`config.head_dim`, else d_model / H), d d_model, n number of relative embeddings.
 
 Each encoding is one small class with one contract, computed once per stack (encoder or decoder)
 and handed to every layer as tensors; layers never look at the encoding's name:
@@ -112,7 +112,7 @@ class PositionEncoding(nn.Module):
         super().__init__()
         self.d_model = config.d_model
         self.num_heads = num_heads
-        self.head_dim = config.d_model // num_heads
+        self.head_dim = config.attention_head_dim(num_heads)
         self.causal = causal
 
     def embed(self, inputs_embeds: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
@@ -267,11 +267,12 @@ class RotaryPositionEncoding(PositionEncoding):
         if config.rope_theta <= 0:
             raise ValueError(f"rope_theta must be positive, got {config.rope_theta}.")
         for name in ("encoder_attention_heads", "decoder_attention_heads"):
-            head_size = config.d_model // getattr(config, name)
+            head_size = config.attention_head_dim(getattr(config, name))
             if head_size % 2:
+                source = f"head_dim = {head_size}" if config.head_dim is not None else f"d_model / {name} = {head_size}"
                 raise ValueError(
-                    f"position_encoding='rope' rotates pairs of dimensions, so the head size d_model / {name} "
-                    f"= {head_size} must be even. Change d_model or {name}."
+                    f"position_encoding='rope' rotates pairs of dimensions, so the head size ({source}) must be even. "
+                    f"Change d_model, {name} or head_dim."
                 )
 
     def __init__(self, config, num_heads: int, causal: bool) -> None:
@@ -571,18 +572,18 @@ class TransformerXLPositionEncoding(PositionEncoding):
         )
 
     def make_layer_term(self) -> TransformerXLAttentionTerm:
-        return TransformerXLAttentionTerm(self.d_model, self.num_heads)
+        return TransformerXLAttentionTerm(self.d_model, self.num_heads, self.head_dim)
 
 
 class TransformerXLAttentionTerm(RelativeAttentionTerm):
     """One layer's `W_R` (`relative_proj`), `u` (`content_bias`) and `v` (`position_bias`), `(H, D)` each."""
 
-    def __init__(self, d_model: int, num_heads: int) -> None:
+    def __init__(self, d_model: int, num_heads: int, head_dim: int) -> None:
         super().__init__()
         self.num_heads = num_heads
-        self.relative_proj = nn.Linear(d_model, d_model, bias=False)
-        self.content_bias = nn.Parameter(torch.zeros(num_heads, d_model // num_heads))
-        self.position_bias = nn.Parameter(torch.zeros(num_heads, d_model // num_heads))
+        self.relative_proj = nn.Linear(d_model, num_heads * head_dim, bias=False)
+        self.content_bias = nn.Parameter(torch.zeros(num_heads, head_dim))
+        self.position_bias = nn.Parameter(torch.zeros(num_heads, head_dim))
 
     def score_bias(
         self, query: torch.Tensor, key: torch.Tensor, positions: AttentionPositions, scaling: float
