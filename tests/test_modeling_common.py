@@ -31,10 +31,28 @@ UNSUPPORTED = {
 }
 
 
+# The architecture options besides the paper's (what Marian, BART, mBART and T5 need: `from_transformers.py`), each
+# set checked with every encoding by the tests parametrized over ARCHITECTURES.
+ARCHITECTURES = {
+    "paper": {},
+    "bart": {
+        "layernorm_embedding": True, "final_logits_bias": True, "scale_embedding": False, "activation_function": "gelu",
+    },
+    "t5": {
+        "normalize_before": True, "norm_type": "rms_norm", "layer_norm_eps": 1e-6, "projection_bias": False,
+        "scale_attention_scores": False, "gated_feed_forward": True, "activation_function": "gelu_new",
+        "head_dim": 6, "scale_decoder_output": True, "scale_embedding": False,
+    },
+}  # fmt: skip
+
+
 def build(position_encoding: str, attn_implementation: str = "sdpa", **overrides) -> PosformerForConditionalGeneration:
+    """A tiny model; a `final_logits_bias` gets random values (its init is zeros), so that it shows in the logits."""
     config = tiny_config(position_encoding, **overrides)
     config._attn_implementation = attn_implementation
     model = PosformerForConditionalGeneration(config)
+    if model.final_logits_bias is not None:
+        model.final_logits_bias.normal_(std=0.5)
     return model.eval()
 
 
@@ -108,19 +126,21 @@ def decode_step_by_step(model: PosformerForConditionalGeneration, argument: str)
     return full, torch.cat(steps, dim=1)
 
 
+@pytest.mark.parametrize("architecture", ARCHITECTURES)
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("encoding", ENCODINGS)
-def test_cached_generation_equals_uncached(encoding, backend):
-    model = build(encoding, backend, **ATTENTION_MATTERS)
+def test_cached_generation_equals_uncached(encoding, backend, architecture):
+    model = build(encoding, backend, **ARCHITECTURES[architecture], **ATTENTION_MATTERS)
     for generation in (GREEDY, BEAM):
         assert_cached_generation_equals_uncached(model, **generation)
 
 
+@pytest.mark.parametrize("architecture", ARCHITECTURES)
 @pytest.mark.parametrize("encoding", ENCODINGS)
-def test_static_cache_generation_equals_uncached(encoding):
+def test_static_cache_generation_equals_uncached(encoding, architecture):
     """A static cache holds `max_length` slots from the start: the keys of its empty slots get positions after the
     last token (and are masked), so relative encodings see a key length that matches."""
-    model = build(encoding, **ATTENTION_MATTERS)
+    model = build(encoding, **ARCHITECTURES[architecture], **ATTENTION_MATTERS)
     for generation in (GREEDY, BEAM):
         assert_cached_generation_equals_uncached(model, cache_implementation="static", **generation)
 
@@ -137,6 +157,13 @@ def test_cached_step_logits_equal_full_forward(encoding, argument):
     the cache is passed under (`cache`, transformers 5.24's, or `past_key_values`, earlier releases' and older
     user code's)."""
     full, steps = decode_step_by_step(build(encoding, **ATTENTION_MATTERS), argument)
+    torch.testing.assert_close(steps, full, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("architecture", [name for name in ARCHITECTURES if name != "paper"])
+@pytest.mark.parametrize("encoding", ENCODINGS)
+def test_cached_step_logits_equal_full_forward_in_every_architecture(encoding, architecture):
+    full, steps = decode_step_by_step(build(encoding, **ARCHITECTURES[architecture], **ATTENTION_MATTERS), "cache")
     torch.testing.assert_close(steps, full, atol=1e-5, rtol=1e-4)
 
 
@@ -209,10 +236,11 @@ def test_logits_to_keep_projects_only_the_kept_positions():
         model(input_ids=src, attention_mask=mask, labels=tgt, logits_to_keep=1)
 
 
+@pytest.mark.parametrize("architecture", ARCHITECTURES)
 @pytest.mark.parametrize("encoding", ENCODINGS)
-def test_eager_equals_sdpa(encoding):
-    eager = build(encoding, "eager")
-    sdpa = build(encoding, "sdpa")
+def test_eager_equals_sdpa(encoding, architecture):
+    eager = build(encoding, "eager", **ARCHITECTURES[architecture])
+    sdpa = build(encoding, "sdpa", **ARCHITECTURES[architecture])
     sdpa.load_state_dict(eager.state_dict())
     src, mask, tgt = batch()
     dec_mask = torch.ones_like(tgt)
@@ -228,10 +256,11 @@ def test_eager_equals_sdpa(encoding):
         torch.testing.assert_close(sdpa(input_ids=src, decoder_input_ids=tgt).logits, expected, atol=1e-5, rtol=1e-4)
 
 
+@pytest.mark.parametrize("architecture", ARCHITECTURES)
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("encoding", ENCODINGS)
-def test_padded_row_equals_row_alone(encoding, backend):
-    model = build(encoding, backend)
+def test_padded_row_equals_row_alone(encoding, backend, architecture):
+    model = build(encoding, backend, **ARCHITECTURES[architecture])
     src, mask, tgt = batch()
     dec_mask = torch.ones_like(tgt)
     dec_mask[1, -2:] = 0
@@ -261,9 +290,10 @@ def test_decoder_is_causal(encoding, backend):
     assert not torch.allclose(after[:, 4:], before[:, 4:], atol=1e-4)
 
 
+@pytest.mark.parametrize("architecture", ARCHITECTURES)
 @pytest.mark.parametrize("encoding", ENCODINGS)
-def test_save_reload_gives_equal_logits(encoding, tmp_path):
-    model = build(encoding)
+def test_save_reload_gives_equal_logits(encoding, architecture, tmp_path):
+    model = build(encoding, **ARCHITECTURES[architecture])
     with torch.no_grad():  # make every parameter matter, including zero-initialised ones
         for parameter in model.parameters():
             parameter.add_(0.01 * torch.randn_like(parameter))
@@ -300,9 +330,10 @@ def test_a_checkpoint_without_the_shared_embedding_is_never_loaded_silently(tmp_
         assert again.model.shared.weight.device.type == "cpu" and torch.isfinite(again.model.shared.weight).all()
 
 
+@pytest.mark.parametrize("architecture", ARCHITECTURES)
 @pytest.mark.parametrize("encoding", ENCODINGS)
-def test_loss_is_finite_and_gradients_reach_every_parameter(encoding):
-    model = build(encoding, dropout=0.1, attention_dropout=0.1).train()
+def test_loss_is_finite_and_gradients_reach_every_parameter(encoding, architecture):
+    model = build(encoding, dropout=0.1, attention_dropout=0.1, **ARCHITECTURES[architecture]).train()
     src, mask, tgt = batch()
     labels = tgt.clone()
     labels[0, -2:] = -100
@@ -444,12 +475,13 @@ def test_get_encoder_and_decoder():
     assert model.get_decoder() is model.model.decoder
 
 
+@pytest.mark.parametrize("architecture", ARCHITECTURES)
 @pytest.mark.parametrize("use_reentrant", [False, True])
 @pytest.mark.parametrize("encoding", ENCODINGS)
-def test_gradient_checkpointing_gives_the_same_loss_and_gradients(encoding, use_reentrant):
+def test_gradient_checkpointing_gives_the_same_loss_and_gradients(encoding, use_reentrant, architecture):
     """Also with torch's reentrant checkpoint, which sees only positional tensors (the stack's score bias among
     them, which `t5` learns: kept as a keyword it broke the backward pass)."""
-    model = build(encoding).train()
+    model = build(encoding, **ARCHITECTURES[architecture]).train()
     src, mask, tgt = batch()
     model(input_ids=src, attention_mask=mask, labels=tgt).loss.backward()
     expected = {name: p.grad.clone() for name, p in model.named_parameters()}

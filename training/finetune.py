@@ -26,6 +26,7 @@ that holds an earlier run is refused unless `--resume_from_checkpoint` continues
 starts afresh (the Trainer would rotate its checkpoints away and replace its model).
 """
 
+import logging
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -49,11 +50,15 @@ from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_utils import get_last_checkpoint
 
 from .. import modeling  # noqa: F401  (registers posformer with the Auto classes)
+from ..configuration import PosformerConfig
+from ..modeling import POSITION_ENCODINGS
 from .arguments import DataSourceArguments, check_output_folder, check_tokenizer_folder
 from .console import log_to_console
 from .metrics import compute_translation_scores
 from .parallel_data import load_parallel_data, source_target_pairs
 from .run_folder import model_source
+
+logger = logging.getLogger(__spec__.name)  # the module's name also when run as `python -m`
 
 
 @dataclass
@@ -63,6 +68,15 @@ class FinetuneArguments(DataSourceArguments):
     model_name_or_path: str | None = field(
         default=None,
         metadata={"help": "Required: a posformer model folder or Hub name (e.g. the `model/` of posformer-train)."},
+    )
+    position_encoding: str | None = field(
+        default=None,
+        metadata={
+            "help": "Start from the checkpoint with another position encoding: a new model initialised from its "
+            "weights (the old encoding's weights dropped, the new one's initialised), not the same function. "
+            "docs/converting.md.",
+            "choices": list(POSITION_ENCODINGS),
+        },
     )
     max_source_length: int = field(default=128, metadata={"help": "Truncate sources to this many tokens."})
     max_target_length: int = field(default=128, metadata={"help": "Truncate targets (labels) to this many tokens."})
@@ -202,6 +216,27 @@ def build_trainer(
     )
 
 
+def load_model(path: str, position_encoding: str | None = None) -> PreTrainedModel:
+    """The checkpoint at `path`; with `position_encoding`, a model of its config with that encoding instead, holding
+    every checkpoint weight the new model has (the new encoding's own weights initialised as for a new model, the old
+    one's dropped, and both logged): a new model initialised from the old weights, not the same function."""
+    if position_encoding is None:
+        return AutoModelForSeq2SeqLM.from_pretrained(path)
+    saved = PosformerConfig.from_pretrained(path)
+    if saved.position_encoding == position_encoding:
+        return AutoModelForSeq2SeqLM.from_pretrained(path)
+    values = {key: value for key, value in saved.to_dict().items() if key in PosformerConfig.__dataclass_fields__}
+    config = PosformerConfig(**{**values, "position_encoding": position_encoding})  # checked, as a new config is
+    model, info = AutoModelForSeq2SeqLM.from_pretrained(path, config=config, output_loading_info=True)
+    logger.warning(
+        f"--position_encoding {position_encoding}: the checkpoint's {saved.position_encoding!r} encoding is replaced, "
+        f"so this is a new model initialised from its weights, not the same function. Initialised: "
+        f"{', '.join(sorted(info['missing_keys'])) or 'nothing'}; dropped: "
+        f"{', '.join(sorted(info['unexpected_keys'])) or 'nothing'}."
+    )
+    return model
+
+
 def record(trainer: Seq2SeqTrainer, split: str, metrics: dict[str, float]) -> dict[str, float]:
     """Log `metrics` and write them to `<split>_results.json` (main process only, as the Trainer does)."""
     trainer.log_metrics(split, metrics)
@@ -218,7 +253,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     args, training_args = parse_args(argv)
     set_seed(training_args.seed)
     tokenizer = AutoTokenizer.from_pretrained(args.model_name_or_path)
-    model = AutoModelForSeq2SeqLM.from_pretrained(args.model_name_or_path)
+    model = load_model(args.model_name_or_path, args.position_encoding)
     limit_generation_length(model, training_args.generation_max_length)
     data = prepare_data(args, training_args, tokenizer)
     trainer = build_trainer(model, tokenizer, data, training_args)
