@@ -150,3 +150,23 @@ def test_changing_the_position_encoding_on_the_way_in_is_a_new_model_from_the_ol
     with pytest.raises(SystemExit):  # argparse: "invalid choice: 'nope' (choose from ...)"
         finetune(["--model_name_or_path", str(converted), "--output_dir", str(tmp_path / "x"),
                   "--position_encoding", "nope", *FINETUNE])  # fmt: skip
+
+
+def test_a_converted_opus_mt_model_deploys_on_ctranslate2_translating_as_the_source(hub_cache, converted, tmp_path):
+    ctranslate2 = pytest.importorskip("ctranslate2")
+    from posformer.training.ctranslate2_export import export_ctranslate2
+
+    source = source_model(hub_cache)
+    tokenizer = AutoTokenizer.from_pretrained(converted)
+    folder = export_ctranslate2(AutoModelForSeq2SeqLM.from_pretrained(converted), tokenizer, tmp_path / "ct2")
+    translator = ctranslate2.Translator(str(folder))
+    for sentence in SENTENCES:
+        ids = tokenizer(sentence, return_tensors="pt").input_ids
+        expected = source.generate(ids, num_beams=1, max_new_tokens=12, bad_words_ids=None, forced_eos_token_id=None)[
+            0, 1:
+        ].tolist()
+        expected = [token for token in expected if token not in (tokenizer.eos_token_id, tokenizer.pad_token_id)]
+        (result,) = translator.translate_batch(
+            [tokenizer.convert_ids_to_tokens(ids[0])], beam_size=1, max_decoding_length=12, min_decoding_length=0
+        )
+        assert tokenizer.convert_tokens_to_ids(result.hypotheses[0]) == expected

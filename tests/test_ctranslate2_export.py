@@ -99,6 +99,9 @@ VARIANTS = [(name, {}) for name in EXPORTABLE] + [
     ("sinusoidal", dict(normalize_before=True, activation_function="gelu", scale_embedding=False)),
     ("rope", dict(decoder_attention_heads=2, tie_word_embeddings=False, activation_function="silu")),
     ("t5", dict(normalize_before=True, encoder_layers=3, decoder_layers=1)),
+    # BART's and mBART's options (`convert_from_transformers`), the logits bias made random in `random_export`
+    ("learned", dict(layernorm_embedding=True, final_logits_bias=True, activation_function="gelu")),
+    ("learned", dict(layernorm_embedding=True, final_logits_bias=True, normalize_before=True)),
 ]
 
 
@@ -108,6 +111,8 @@ def random_export(request, tmp_path_factory):
     name, overrides = request.param
     torch.manual_seed(0)
     model = PosformerForConditionalGeneration(tiny_config(name, init_std=0.7, **overrides)).eval()
+    if model.final_logits_bias is not None:
+        model.final_logits_bias.normal_(std=2.0)
     folder = export_ctranslate2(model, word_tokenizer(), tmp_path_factory.mktemp("ct2") / name)
     return model, folder
 
@@ -155,7 +160,10 @@ UNEXPORTABLE = [
     (dict(activation_function="mish"), "activation_function='mish'", "relu, gelu"),
     (dict(eos_token_id=[2, 3]), "eos_token_id=[2, 3]", "one id"),
     (dict(decoder_start_token_id=None), "decoder_start_token_id is None", "Set it"),
-]
+    (dict(norm_type="rms_norm", projection_bias=False), "norm_type='rms_norm', projection_bias=False",
+     "ct2-transformers-converter"),
+    (dict(head_dim=4), "head_dim=4", "does not map this architecture option yet"),
+]  # fmt: skip
 
 
 @pytest.mark.parametrize(("overrides", "named", "fix"), UNEXPORTABLE, ids=[u[1] for u in UNEXPORTABLE])

@@ -157,6 +157,18 @@ EXPORTABLE: dict[str, tuple[Callable[[object], dict], Callable[[object, object],
 """Encoding -> (the stack specification's options, what writes its position weights into a stack specification)."""
 
 
+NOT_YET_EXPORTED = {
+    "norm_type": "layer_norm",
+    "head_dim": None,
+    "projection_bias": True,
+    "scale_attention_scores": True,
+    "gated_feed_forward": False,
+    "scale_decoder_output": False,
+}
+"""Architecture options (and the value the export maps) that CTranslate2's specification can express but the export
+does not map yet: T5's."""
+
+
 def exportable_encodings() -> list[str]:
     """The registered encodings that export to CTranslate2, in the registry's order."""
     return [name for name in POSITION_ENCODINGS if name in EXPORTABLE]
@@ -195,6 +207,15 @@ def check_exportable(model: PreTrainedModel, quantization: str | None = None) ->
         raise ValueError(
             "config.decoder_start_token_id is None, but CTranslate2 starts every translation from that token. Set it "
             "(posformer's default is 1, <s>)."
+        )
+    unmapped = [f"{name}={getattr(config, name)!r}" for name, default in NOT_YET_EXPORTED.items()
+                if getattr(config, name) != default]  # fmt: skip
+    if unmapped:
+        raise ValueError(
+            f"{', '.join(unmapped)}: the CTranslate2 export does not map this architecture option yet (it maps the "
+            "paper's, pre- or post-norm, layernorm_embedding and final_logits_bias: Marian, BART and mBART). For a "
+            "model converted from T5, CTranslate2's own converter exports the source: ct2-transformers-converter "
+            "--model SOURCE --output_dir OUT."
         )
     _single_eos(config)
     if quantization is not None and quantization not in QUANTIZATIONS:
@@ -249,13 +270,15 @@ def _set_attention(spec, attention, self_attention: bool) -> None:
 
 
 def _set_stack(stack_spec, stack) -> None:
-    """Embeddings, scale, positions, layers and the final pre-LN norm of one stack."""
+    """Embeddings, scale, positions, the norm of the embeddings, layers and the final pre-LN norm of one stack."""
     embeddings = stack_spec.embeddings[0] if isinstance(stack_spec.embeddings, list) else stack_spec.embeddings
     embeddings.weight = _array(stack.embed_tokens.weight)
     stack_spec.scale_embeddings = float(stack.embed_scale)
     EXPORTABLE[stack.config.position_encoding][1](stack_spec, stack)
     if stack.layer_norm is not None:
         _set_layer_norm(stack_spec.layer_norm, stack.layer_norm)
+    if stack.layernorm_embedding is not None:
+        _set_layer_norm(stack_spec.layernorm_embedding, stack.layernorm_embedding)
     for layer_spec, layer in zip(stack_spec.layer, stack.layers, strict=True):
         _set_attention(layer_spec.self_attention, layer.self_attn, self_attention=True)
         _set_layer_norm(layer_spec.self_attention.layer_norm, layer.self_attn_layer_norm)
@@ -274,6 +297,7 @@ def build_spec(ctranslate2: ModuleType, model: PreTrainedModel, tokenizer: PreTr
     options = {
         "pre_norm": config.normalize_before,  # with pre-LN, posformer's stacks end with a LayerNorm, as CT2's
         "activation": getattr(specs.common_spec.Activation, ACTIVATIONS[config.activation_function]),
+        "layernorm_embedding": config.layernorm_embedding,
         **EXPORTABLE[config.position_encoding][0](config),
     }
     encoder = specs.TransformerEncoderSpec(config.encoder_layers, config.encoder_attention_heads, **options)
@@ -282,6 +306,8 @@ def build_spec(ctranslate2: ModuleType, model: PreTrainedModel, tokenizer: PreTr
     _set_stack(spec.encoder, model.model.encoder)
     _set_stack(spec.decoder, model.model.decoder)
     _set_linear(spec.decoder.projection, model.lm_head)
+    if model.final_logits_bias is not None:
+        spec.decoder.projection.bias = _array(model.final_logits_bias[0])
 
     tokens = vocabulary(model, tokenizer)
     spec.register_source_vocabulary(tokens)
