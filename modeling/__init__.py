@@ -4,6 +4,7 @@ Auto classes; every `save_pretrained` also writes the code that loads them witho
 from transformers import AutoConfig, AutoModel, AutoModelForSeq2SeqLM
 
 from ..configuration.configuration_posformer import PosformerConfig
+from .from_transformers import UnsupportedModelError, convert_from_transformers
 from .modeling_posformer import (
     PosformerDecoder,
     PosformerEncoder,
@@ -27,4 +28,6 @@ __all__ = [
     "PosformerModel",
     "PosformerPreTrainedModel",
     "TranslationPipeline",
+    "UnsupportedModelError",
+    "convert_from_transformers",
 ]

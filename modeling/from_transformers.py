@@ -46,7 +46,7 @@ def _shared_config(source) -> dict:
         "pad_token_id": source.pad_token_id,
         "bos_token_id": getattr(source, "bos_token_id", None),
         "eos_token_id": source.eos_token_id,
-        "decoder_start_token_id": source.decoder_start_token_id,
+        "decoder_start_token_id": getattr(source, "decoder_start_token_id", None),
         "init_std": getattr(source, "init_std", 0.02),
     }
 
@@ -223,6 +223,14 @@ def posformer_config(model: PreTrainedModel) -> PosformerConfig:
             "it to 0.0 on the model's config before converting (it only acts in training)."
         )
     fields = family.config(source)
+    if fields["decoder_start_token_id"] is None:  # a setting transformers 5 may keep in the generation config only
+        fields["decoder_start_token_id"] = model.generation_config.decoder_start_token_id
+    if fields["decoder_start_token_id"] is None:
+        raise UnsupportedModelError(
+            f"{type(model).__name__} names no decoder_start_token_id (neither its config nor its generation config), "
+            "and posformer's decoder starts from it. Set model.generation_config.decoder_start_token_id (T5: the pad "
+            "id, 0; Marian: the pad id) before converting."
+        )
     tied = torch.equal(model.get_output_embeddings().weight, model.get_input_embeddings().weight)
     return PosformerConfig(**fields, tie_word_embeddings=tied)
 

@@ -242,3 +242,12 @@ def test_the_converted_model_is_complete_and_its_head_tied():
     converted = convert_from_transformers(peer("marian"))
     assert all(parameter.device.type != "meta" for parameter in converted.parameters())
     assert converted.lm_head.weight is converted.model.shared.weight
+
+
+def test_a_start_token_only_in_the_generation_config_is_taken_and_none_at_all_is_refused():
+    source = peer("t5-v1.0")
+    source.config.decoder_start_token_id = None
+    assert convert_from_transformers(source).config.decoder_start_token_id == 0  # the generation config's
+    source.generation_config.decoder_start_token_id = None
+    with pytest.raises(UnsupportedModelError, match="names no decoder_start_token_id"):
+        convert_from_transformers(source)

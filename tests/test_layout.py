@@ -8,7 +8,16 @@ from pathlib import Path
 from posformer.modeling import POSITION_ENCODINGS
 
 ROOT = Path(__file__).resolve().parent.parent
-COMMANDS = {"train", "export_cli", "translate_cli", "finetune", "attention_maps", "build_corpus", "__main__"}
+COMMANDS = {
+    "train",
+    "export_cli",
+    "translate_cli",
+    "convert_cli",
+    "finetune",
+    "attention_maps",
+    "build_corpus",
+    "__main__",
+}
 LOOP = {"loop"}
 
 
