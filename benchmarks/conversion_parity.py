@@ -43,7 +43,8 @@ MODELS = {
         decoder_attention_heads=12, encoder_ffn_dim=3072, decoder_ffn_dim=3072)),
     "mbart-large-50 (3+3 layers)": lambda: MBartForConditionalGeneration(MBartConfig(
         vocab_size=250054, d_model=1024, encoder_layers=3, decoder_layers=3, encoder_attention_heads=16,
-        decoder_attention_heads=16, encoder_ffn_dim=4096, decoder_ffn_dim=4096, scale_embedding=True)),
+        decoder_attention_heads=16, encoder_ffn_dim=4096, decoder_ffn_dim=4096, scale_embedding=True,
+        decoder_start_token_id=2)),
     "t5-small": lambda: T5ForConditionalGeneration(T5Config(**T5_SMALL)),
     "flan-t5-small": lambda: T5ForConditionalGeneration(T5Config(**V11_SMALL)),
     "mt5-small": lambda: MT5ForConditionalGeneration(MT5Config(**{**V11_SMALL, "vocab_size": 250112})),

@@ -21,6 +21,18 @@ def test_preset_then_overrides_then_tokenizer_ids():
     assert not hasattr(config, "label_smoothing") and data_args.source_lang == "en" and train_args.max_tokens == 4096
 
 
+def test_the_architecture_options_are_arguments_of_posformer_train():
+    """Pre-norm vs post-norm, RMSNorm vs LayerNorm and the other options of converted models train from scratch too."""
+    argv = ["--normalize_before", "--norm_type", "rms_norm", "--layer_norm_eps", "1e-6", "--gated_feed_forward",
+            "--projection_bias", "false", "--head_dim", "16", "--layernorm_embedding", "true"]  # fmt: skip
+    config = build_config(parse_args(argv)[0], vocab_size=777, special_ids=IDS)
+    assert (config.normalize_before, config.norm_type, config.layer_norm_eps) == (True, "rms_norm", 1e-6)
+    assert config.gated_feed_forward and not config.projection_bias and config.head_dim == 16
+    assert config.layernorm_embedding
+    with pytest.raises(ValueError, match="Unknown norm_type='batch_norm'. Choose one of: layer_norm, rms_norm"):
+        build_config(parse_args(["--norm_type", "batch_norm"])[0], vocab_size=777, special_ids=IDS)
+
+
 def test_every_user_facing_config_field_is_an_argument():
     model_args, _, _ = parse_args([])
     for name in PosformerConfig.__annotations__:

@@ -59,6 +59,11 @@ def test_round_trip_through_json(tmp_path):
         ({"hadamard_gain": 1.0, "position_encoding": "hadamard"}, r"hadamard_gain must be in \[0, 1\)"),
         ({"shaw_max_distance": 0, "position_encoding": "shaw"}, r"shaw_max_distance must be a positive integer"),
         ({"t5_max_distance": 0, "position_encoding": "t5"}, r"t5_max_distance must be greater than t5_num_buckets"),
+        ({"norm_type": "batch_norm"}, r"Unknown norm_type='batch_norm'. Choose one of: layer_norm, rms_norm"),
+        ({"layer_norm_eps": 0.0}, r"layer_norm_eps must be positive"),
+        ({"head_dim": 0}, r"head_dim must be a positive integer or None"),
+        ({"position_encoding": "rope", "head_dim": 5}, r"head size \(head_dim = 5\) must be even"),
+        ({"layer_norm_eps": float("nan")}, r"layer_norm_eps must be a finite number"),
     ],
 )
 def test_invalid_values_raise_value_error_saying_what_to_change(overrides, message):
@@ -89,6 +94,15 @@ FIELD_CHANGES = {
     "normalize_before": True,
     "tie_word_embeddings": False,
     "init_std": 0.5,
+    "norm_type": "rms_norm",
+    "layer_norm_eps": 0.5,
+    "layernorm_embedding": True,
+    "head_dim": 4,
+    "projection_bias": False,
+    "scale_attention_scores": False,
+    "gated_feed_forward": True,
+    "final_logits_bias": True,
+    "scale_decoder_output": True,
 }
 ENCODING_FIELD_CHANGES = {
     "shaw_max_distance": ("shaw", 1),
@@ -104,8 +118,8 @@ def _fingerprint(config: PosformerConfig, train: bool = False) -> torch.Tensor:
     torch.manual_seed(0)
     model = PosformerForConditionalGeneration(config).train(train)
     with torch.no_grad():  # zero-initialised parameters would hide some fields
-        for parameter in model.parameters():
-            parameter.add_(0.01 * torch.randn_like(parameter))
+        for tensor in [*model.parameters(), *model.buffers()]:  # the buffers: `final_logits_bias`
+            tensor.add_(0.01 * torch.randn_like(tensor))
     torch.manual_seed(1)
     src = torch.randint(4, 99, (2, 11))
     tgt = torch.randint(4, 99, (2, 9))
