@@ -29,9 +29,9 @@ def checks_of_one_forward(config: PosformerConfig, ids: torch.Tensor, mask: torc
 
     def run() -> None:
         check_labels(labels, None, config.vocab_size)
-        batch, length = check_stack_inputs("", ids, None, config)
+        batch, length = check_stack_inputs("", ids, None, config, config.vocab_size)
         check_attention_mask("attention_mask", mask, batch, length, (length,), "the source")
-        batch, length = check_stack_inputs("decoder_", labels, None, config)
+        batch, length = check_stack_inputs("decoder_", labels, None, config, config.target_vocab_size())
         check_encoder_states(encoder_states, mask, batch, length, config.d_model)
 
     return run

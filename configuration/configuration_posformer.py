@@ -89,6 +89,8 @@ class PosformerConfig(PreTrainedConfig):
     final_logits_bias: bool = False  # a (1, V) bias buffer added to the logits (BART, Marian)
     scale_decoder_output: bool = False  # decoder output times d_model^-0.5 before the LM head (T5 v1.0's tied head)
     tie_word_embeddings: bool = True  # LM head shares the (source/target) token embedding matrix
+    share_encoder_decoder_embeddings: bool = True  # False: separate source and target vocabularies (some Marian)
+    decoder_vocab_size: int | None = None  # the target vocabulary (None: vocab_size; another size needs separate ones)
     init_std: float = 0.02
 
     # --- position encoding ------------------------------------------------------------------------
@@ -113,6 +115,8 @@ class PosformerConfig(PreTrainedConfig):
         # --label_smoothing, Seq2SeqTrainer's --label_smoothing_factor) stored it here; the model never smooths.
         kwargs.pop("label_smoothing", None)
         super().__post_init__(**kwargs)  # first: it maps the aliases (`hidden_size`, ...) onto the fields checked here
+        if self.decoder_vocab_size is None:  # as Marian's: transformers reads the decoder's vocabulary from it
+            self.decoder_vocab_size = self.vocab_size
         self._warn_about_unknown_keys(kwargs)
         self._check_values()
 
@@ -180,11 +184,27 @@ class PosformerConfig(PreTrainedConfig):
             raise ValueError(f"layer_norm_eps must be positive, got {self.layer_norm_eps}.")
         if self.init_std <= 0:
             raise ValueError(f"init_std must be positive, got {self.init_std}.")
+        self._check_vocabularies()
         self._check_token_ids()
         POSITION_ENCODINGS[self.position_encoding].check_config(self)  # the encoding's own fields and needs
         if self.activation_function not in ACT2FN:
             raise ValueError(
                 f"Unknown activation_function={self.activation_function!r}. Choose one of: {', '.join(sorted(ACT2FN))}."
+            )
+
+    def target_vocab_size(self) -> int:
+        """The decoder's vocabulary (its embedding rows, the LM head's outputs): `decoder_vocab_size`, which is
+        `vocab_size` unless the vocabularies are separate."""
+        return self.decoder_vocab_size if self.decoder_vocab_size is not None else self.vocab_size
+
+    def _check_vocabularies(self) -> None:
+        if self.decoder_vocab_size is not None and self.decoder_vocab_size <= 0:
+            raise ValueError(f"decoder_vocab_size must be a positive integer or None, got {self.decoder_vocab_size}.")
+        if self.share_encoder_decoder_embeddings and self.decoder_vocab_size != self.vocab_size:
+            raise ValueError(
+                f"decoder_vocab_size={self.decoder_vocab_size} differs from vocab_size={self.vocab_size}, but "
+                "share_encoder_decoder_embeddings=True gives both stacks one embedding matrix. Set "
+                "share_encoder_decoder_embeddings=False for separate source and target vocabularies."
             )
 
     def attention_head_dim(self, num_heads: int) -> int:
@@ -199,13 +219,19 @@ class PosformerConfig(PreTrainedConfig):
     def _check_token_ids(self) -> None:
         """Every `*_token_id` field (an id, a list of ids for `eos_token_id`, or None) is a row of the embedding table:
         a negative id would silently wrap around to its last rows, a larger one fail deep in the forward pass."""
+        size = min(self.vocab_size, self.target_vocab_size())  # the pad id pads both; the others are target ids
         for name in (field.name for field in fields(self) if field.name.endswith("_token_id")):
             value = getattr(self, name)
             ids = value if isinstance(value, list) else [value]
-            if any(token_id is not None and not 0 <= token_id < self.vocab_size for token_id in ids):
+            if any(token_id is not None and not 0 <= token_id < size for token_id in ids):
+                sizes = f"vocab_size={self.vocab_size}"
+                if size != self.vocab_size:
+                    sizes = (
+                        f"the smaller of vocab_size={self.vocab_size} and decoder_vocab_size={self.decoder_vocab_size}"
+                    )
                 raise ValueError(
-                    f"{name}={value} is outside the vocabulary [0, vocab_size={self.vocab_size}): a token id is a row "
-                    f"of the embedding table. Set {name} to an id of the tokenizer, or None, or raise vocab_size."
+                    f"{name}={value} is outside the vocabulary [0, {sizes}): a token id is a row of the embedding "
+                    f"table. Set {name} to an id of the tokenizer, or None, or raise vocab_size."
                 )
 
 

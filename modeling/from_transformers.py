@@ -3,7 +3,8 @@ computes the same function.
 
 Every family maps onto ordinary options of the one posformer config (no family name reaches the layers):
 
-* Marian (opus-mt): `sinusoidal` (Marian's layout), post-norm LayerNorm, `final_logits_bias`.
+* Marian (opus-mt): `sinusoidal` (Marian's layout), post-norm LayerNorm, `final_logits_bias`, and for the models
+  with separate source and target vocabularies `share_encoder_decoder_embeddings=False`, `decoder_vocab_size`.
 * BART: `learned` (BART's table without its 2 offset rows), post-norm LayerNorm, `layernorm_embedding`,
   `final_logits_bias`.
 * mBART: as BART, but pre-norm (`normalize_before`, with each stack's final norm).
@@ -62,13 +63,11 @@ def _bart_like_config(source, **family) -> dict:
 
 
 def marian_config(source) -> dict:
+    """Marian, with one shared vocabulary (most opus-mt models) or separate source and target ones."""
+    vocabularies = {}
     if not getattr(source, "share_encoder_decoder_embeddings", True):
-        raise UnsupportedModelError(
-            "This Marian model has separate source and target vocabularies (share_encoder_decoder_embeddings=False, "
-            f"decoder_vocab_size={source.decoder_vocab_size}), which posformer's config cannot express yet: its "
-            "encoder and decoder share one embedding matrix. Convert an opus-mt model with a shared vocabulary."
-        )
-    return _bart_like_config(source, position_encoding="sinusoidal", final_logits_bias=True)
+        vocabularies = {"share_encoder_decoder_embeddings": False, "decoder_vocab_size": source.decoder_vocab_size}
+    return _bart_like_config(source, position_encoding="sinusoidal", final_logits_bias=True, **vocabularies)
 
 
 def bart_config(source) -> dict:
@@ -128,9 +127,9 @@ def mt5_config(source) -> dict:
 
 
 def rename_bart(name: str) -> str | None:
-    """BART and mBART names are posformer's, but for the learned position tables and the per-stack token embeddings
-    (None: they are `model.shared` in both)."""
-    if re.fullmatch(r"model\.(en|de)coder\.embed_tokens\.weight", name):
+    """BART and mBART names are posformer's, but for the learned position tables and the encoder's token embedding
+    (None: it is `model.shared` in both)."""
+    if name == "model.encoder.embed_tokens.weight":
         return None
     if re.fullmatch(r"model\.(en|de)coder\.embed_positions\.weight", name):
         return name.replace("embed_positions", "position_encoding.embeddings")
@@ -138,9 +137,12 @@ def rename_bart(name: str) -> str | None:
 
 
 def rename_marian(name: str) -> str | None:
-    """BART's names, without Marian's sinusoid tables (None), which posformer computes from the positions."""
+    """BART's names, without Marian's sinusoid tables (None), which posformer computes from the positions; the
+    encoder's embedding is posformer's `model.shared` (Marian has no `shared` when its vocabularies are separate)."""
     if re.fullmatch(r"model\.(en|de)coder\.embed_positions\.weight", name):
         return None
+    if name == "model.encoder.embed_tokens.weight":
+        return "model.shared.weight"
     return rename_bart(name)
 
 
@@ -231,7 +233,8 @@ def posformer_config(model: PreTrainedModel) -> PosformerConfig:
             "and posformer's decoder starts from it. Set model.generation_config.decoder_start_token_id (T5: the pad "
             "id, 0; Marian: the pad id) before converting."
         )
-    tied = torch.equal(model.get_output_embeddings().weight, model.get_input_embeddings().weight)
+    head, target_embedding = model.get_output_embeddings().weight, model.get_decoder().get_input_embeddings().weight
+    tied = head.shape == target_embedding.shape and torch.equal(head, target_embedding)
     return PosformerConfig(**fields, tie_word_embeddings=tied)
 
 
@@ -246,8 +249,10 @@ def posformer_state_dict(model: PreTrainedModel, config: PosformerConfig) -> dic
         if target.endswith("position_encoding.embeddings.weight"):
             tensor = tensor[BART_POSITION_OFFSET : BART_POSITION_OFFSET + config.max_position_embeddings]
         state[target] = tensor
-    for stack in ("encoder", "decoder"):  # the stacks' `embed_tokens` is the module `shared`
-        state[f"model.{stack}.embed_tokens.weight"] = state["model.shared.weight"]
+    # the encoder's `embed_tokens` is the module `shared`, and so is the decoder's unless the vocabularies are separate
+    state["model.encoder.embed_tokens.weight"] = state["model.shared.weight"]
+    if config.share_encoder_decoder_embeddings:
+        state["model.decoder.embed_tokens.weight"] = state["model.shared.weight"]
     return state
 
 

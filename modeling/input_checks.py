@@ -45,10 +45,15 @@ def check_sequence_shape(name: str, shape: torch.Size, layout: str) -> None:
 
 
 def check_stack_inputs(
-    prefix: str, input_ids: torch.Tensor | None, inputs_embeds: torch.Tensor | None, config: PosformerConfig
+    prefix: str,
+    input_ids: torch.Tensor | None,
+    inputs_embeds: torch.Tensor | None,
+    config: PosformerConfig,
+    vocab_size: int,
 ) -> tuple[int, int]:
     """The `(batch, length)` of a stack's `{prefix}input_ids` `(B, L)` or `{prefix}inputs_embeds` `(B, L, d)`, after
-    checking that exactly one is given, its dtype, its shape and, for ids, that each is a row of the vocabulary."""
+    checking that exactly one is given, its dtype, its shape and, for ids, that each is a row of the stack's embedding
+    table of `vocab_size` rows (the source or the target vocabulary)."""
     ids_name, embeds_name = f"{prefix}input_ids", f"{prefix}inputs_embeds"
     if (input_ids is None) == (inputs_embeds is None):
         raise ValueError(f"Pass exactly one of {ids_name} and {embeds_name}.")
@@ -63,9 +68,9 @@ def check_stack_inputs(
             ids_name,
             input_ids,
             0,
-            config.vocab_size,
-            f"every id must be a row of the embedding table (vocab_size={config.vocab_size}). Encode the text with "
-            "the tokenizer this model was trained with.",
+            vocab_size,
+            f"every id must be a row of the embedding table ({prefix}vocab_size={vocab_size}). "
+            "Encode the text with the tokenizer this model was trained with.",
         )
         return input_ids.shape[0], input_ids.shape[1]
     if not inputs_embeds.is_floating_point():

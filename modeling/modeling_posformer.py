@@ -494,7 +494,8 @@ class PosformerStack(PosformerPreTrainedModel):
         super().__init__(config)
         self.dropout = config.dropout
         self.embed_scale = math.sqrt(config.d_model) if config.scale_embedding else 1.0
-        self.embed_tokens = embed_tokens or nn.Embedding(config.vocab_size, config.d_model, config.pad_token_id)
+        vocab_size = config.target_vocab_size() if self.causal else config.vocab_size
+        self.embed_tokens = embed_tokens or nn.Embedding(vocab_size, config.d_model, config.pad_token_id)
         self.position_encoding = POSITION_ENCODINGS[config.position_encoding](config, heads, causal=self.causal)
         self.layers = nn.ModuleList(
             [self.layer_class(config, i, self.position_encoding.make_layer_term()) for i in range(num_layers)]
@@ -569,7 +570,9 @@ class PosformerEncoder(PosformerStack):
         `position_ids` `(B|1, S)` defaults to `0 .. S-1`. Inputs that do not fit raise `ValueError`/`TypeError`
         ([`check_stack_inputs`], [`check_attention_mask`], [`check_position_ids`]).
         """
-        batch, length = check_stack_inputs(self.argument_prefix, input_ids, inputs_embeds, self.config)
+        batch, length = check_stack_inputs(
+            self.argument_prefix, input_ids, inputs_embeds, self.config, self.embed_tokens.num_embeddings
+        )
         check_attention_mask("attention_mask", attention_mask, batch, length, (length,), "the source")
         check_position_ids("position_ids", position_ids, batch, length)
         reference = input_ids if input_ids is not None else inputs_embeds
@@ -630,7 +633,9 @@ class PosformerDecoder(PosformerStack):
         (`decoder_input_ids`, ...; [`check_stack_inputs`], [`check_attention_mask`], [`check_encoder_states`]).
         """
         cache = resolve_cache(cache, past_key_values)
-        batch, length = check_stack_inputs(self.argument_prefix, input_ids, inputs_embeds, self.config)
+        batch, length = check_stack_inputs(
+            self.argument_prefix, input_ids, inputs_embeds, self.config, self.embed_tokens.num_embeddings
+        )
         reference = input_ids if input_ids is not None else inputs_embeds
         if use_cache and cache is None:
             cache = EncoderDecoderCache(DynamicCache(config=self.config), DynamicCache(config=self.config))
@@ -695,16 +700,22 @@ class PosformerModel(PosformerPreTrainedModel):
         super().__init__(config)
         self.shared = nn.Embedding(config.vocab_size, config.d_model, config.pad_token_id)
         self.encoder = PosformerEncoder(config, self.shared)
-        self.decoder = PosformerDecoder(config, self.shared)
+        # separate vocabularies (`share_encoder_decoder_embeddings=False`): `shared` is the source's, and the decoder
+        # has its own table of the target vocabulary, as Marian's
+        self.decoder = PosformerDecoder(config, self.shared if config.share_encoder_decoder_embeddings else None)
+        if not config.share_encoder_decoder_embeddings:
+            self._tied_weights_keys = {"encoder.embed_tokens.weight": "shared.weight"}
         self.post_init()
 
     def get_input_embeddings(self) -> nn.Embedding:
         return self.shared
 
     def set_input_embeddings(self, value: nn.Embedding) -> None:
+        """The source embedding, which is also the decoder's unless the vocabularies are separate."""
         self.shared = value
         self.encoder.embed_tokens = value
-        self.decoder.embed_tokens = value
+        if self.config.share_encoder_decoder_embeddings:
+            self.decoder.embed_tokens = value
 
     @can_return_tuple
     def forward(
@@ -832,17 +843,27 @@ class PosformerForConditionalGeneration(PosformerPreTrainedModel, GenerationMixi
     def __init__(self, config: PosformerConfig) -> None:
         super().__init__(config)
         self.model = PosformerModel(config)
-        self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
+        target_vocab_size = config.target_vocab_size()
+        self.lm_head = nn.Linear(config.d_model, target_vocab_size, bias=False)
         # BART's and Marian's `final_logits_bias`: a buffer (saved, never trained), as theirs
-        self.final_logits_bias = nn.Buffer(torch.zeros(1, config.vocab_size)) if config.final_logits_bias else None
+        self.final_logits_bias = nn.Buffer(torch.zeros(1, target_vocab_size)) if config.final_logits_bias else None
+        if not config.share_encoder_decoder_embeddings:  # the head shares the target embedding, as Marian's
+            self._tied_weights_keys = {"lm_head.weight": "model.decoder.embed_tokens.weight"}
         self.output_scale = config.d_model**-0.5 if config.scale_decoder_output else 1.0
         self.post_init()
 
     def resize_token_embeddings(
         self, new_num_tokens: int | None = None, pad_to_multiple_of: int | None = None, mean_resizing: bool = True
     ) -> nn.Embedding:
-        """`PreTrainedModel.resize_token_embeddings`, and `final_logits_bias` with it (new rows 0)."""
+        """`PreTrainedModel.resize_token_embeddings`, and `final_logits_bias` with it (new rows 0). With separate
+        vocabularies it would resize only the source table and leave the head, so it is refused."""
+        if not self.config.share_encoder_decoder_embeddings:
+            raise NotImplementedError(
+                "resize_token_embeddings resizes the shared vocabulary, but this model has separate source and target "
+                "vocabularies (share_encoder_decoder_embeddings=False); resizing them is not supported."
+            )
         embeddings = super().resize_token_embeddings(new_num_tokens, pad_to_multiple_of, mean_resizing)
+        self.config.decoder_vocab_size = self.config.vocab_size  # one vocabulary: both sizes follow
         if self.final_logits_bias is not None:
             old, new = self.final_logits_bias, embeddings.num_embeddings
             resized = old.new_zeros(1, new)
@@ -874,7 +895,7 @@ class PosformerForConditionalGeneration(PosformerPreTrainedModel, GenerationMixi
         through (`num_beams=0`, a pad or end id outside the vocabulary, ...), each read from `kwargs` or else from
         `generation_config` (default: the model's)."""
         defaults = generation_config if generation_config is not None else self.generation_config
-        check_generation_arguments(kwargs, defaults, self.config.vocab_size)
+        check_generation_arguments(kwargs, defaults, self.config.target_vocab_size())
         return super().generate(inputs, generation_config, **kwargs)
 
     def _reorder_cache(self, cache: Cache, beam_idx: torch.LongTensor) -> Cache:
@@ -921,7 +942,7 @@ class PosformerForConditionalGeneration(PosformerPreTrainedModel, GenerationMixi
         if labels is not None:
             decoder_inputs = decoder_input_ids if decoder_input_ids is not None else decoder_inputs_embeds
             decoder_shape = tuple(decoder_inputs.shape[:2]) if decoder_inputs is not None else None
-            check_labels(labels, decoder_shape, self.config.vocab_size)
+            check_labels(labels, decoder_shape, self.config.target_vocab_size())
             use_cache = False
             if decoder_input_ids is None and decoder_inputs_embeds is None:
                 decoder_input_ids = self.prepare_decoder_input_ids_from_labels(labels)

@@ -79,3 +79,13 @@ def test_ctranslate2_quality_benchmark_scores_three_engines_of_a_run(tmp_path, c
     assert set(results) == {"torch", "ctranslate2 float32", "ctranslate2 int8"}
     assert results["ctranslate2 float32"]["differ_from_torch"] == 0  # the export's parity, on a real run
     assert "| ctranslate2 int8 |" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_conversion_parity_benchmark_reports_each_model(capsys):
+    spec = importlib.util.spec_from_file_location("parity", SCRIPT.with_name("conversion_parity.py"))
+    parity = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(parity)
+    (row,) = parity.main(["--families", "t5-small"])
+    assert row["max diff eager"] == 0 and row["max diff sdpa"] < 1e-4 and row["beam4 equal"]
+    assert "| t5-small | 60.5M |" in capsys.readouterr().out

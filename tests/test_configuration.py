@@ -62,6 +62,11 @@ def test_round_trip_through_json(tmp_path):
         ({"norm_type": "batch_norm"}, r"Unknown norm_type='batch_norm'. Choose one of: layer_norm, rms_norm"),
         ({"layer_norm_eps": 0.0}, r"layer_norm_eps must be positive"),
         ({"head_dim": 0}, r"head_dim must be a positive integer or None"),
+        (
+            {"decoder_vocab_size": 50},
+            r"decoder_vocab_size=50 differs from vocab_size=.*share_encoder_decoder_embeddings",
+        ),
+        ({"share_encoder_decoder_embeddings": False, "decoder_vocab_size": 2}, r"eos_token_id=2 is outside the vocab"),
         ({"position_encoding": "rope", "head_dim": 5}, r"head size \(head_dim = 5\) must be even"),
         ({"layer_norm_eps": float("nan")}, r"layer_norm_eps must be a finite number"),
     ],
@@ -103,6 +108,7 @@ FIELD_CHANGES = {
     "gated_feed_forward": True,
     "final_logits_bias": True,
     "scale_decoder_output": True,
+    "share_encoder_decoder_embeddings": False,
 }
 ENCODING_FIELD_CHANGES = {
     "shaw_max_distance": ("shaw", 1),

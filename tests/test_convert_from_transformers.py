@@ -50,6 +50,10 @@ PEERS = {
         **{**BART_SIZES, "pad_token_id": VOCAB - 1, "decoder_start_token_id": VOCAB - 1, "eos_token_id": 0,
            "bos_token_id": None, "d_model": 40, "encoder_attention_heads": 5, "decoder_attention_heads": 5},
         activation_function="swish", scale_embedding=True)),
+    "marian-separate-vocabularies": lambda: MarianMTModel(MarianConfig(
+        **{**BART_SIZES, "pad_token_id": VOCAB - 1, "decoder_start_token_id": VOCAB - 1, "eos_token_id": 0,
+           "bos_token_id": None}, share_encoder_decoder_embeddings=False, decoder_vocab_size=VOCAB + 13,
+        activation_function="gelu", scale_embedding=True)),
     "bart": lambda: BartForConditionalGeneration(BartConfig(**BART_SIZES, activation_function="gelu")),
     "mbart": lambda: MBartForConditionalGeneration(MBartConfig(**BART_SIZES, scale_embedding=True)),
     "t5-v1.0": lambda: T5ForConditionalGeneration(T5Config(**T5_SIZES, feed_forward_proj="relu")),
@@ -196,6 +200,8 @@ def test_each_family_maps_onto_its_options():
     options = {family: convert_from_transformers(peer(family)).config for family in FAMILIES}
     assert options["marian"].position_encoding == "sinusoidal" and options["marian"].final_logits_bias
     assert not options["marian"].layernorm_embedding and not options["marian"].normalize_before
+    separate = options["marian-separate-vocabularies"]
+    assert not separate.share_encoder_decoder_embeddings and separate.target_vocab_size() == VOCAB + 13
     assert options["bart"].position_encoding == "learned" and options["bart"].layernorm_embedding
     assert options["bart"].max_position_embeddings == 40  # BART's 42-row table without its 2 offset rows
     assert options["mbart"].normalize_before and options["mbart"].norm_type == "layer_norm"
@@ -222,10 +228,6 @@ def test_a_conversion_that_would_not_compute_the_same_is_refused(monkeypatch):
 def test_unsupported_models_and_options_are_refused_naming_them():
     with pytest.raises(UnsupportedModelError, match="got BartModel .* AutoModelForSeq2SeqLM"):
         convert_from_transformers(BartModel(BartConfig(**BART_SIZES)))
-    separate = MarianConfig(**{**BART_SIZES, "pad_token_id": 49, "decoder_start_token_id": 49},
-                            share_encoder_decoder_embeddings=False, decoder_vocab_size=50)  # fmt: skip
-    with pytest.raises(UnsupportedModelError, match="separate source and target vocabularies"):
-        convert_from_transformers(MarianMTModel(separate))
     with pytest.raises(UnsupportedModelError, match="encoder_layerdrop=0.1: posformer has no layer drop"):
         convert_from_transformers(BartForConditionalGeneration(BartConfig(**BART_SIZES, encoder_layerdrop=0.1)))
 

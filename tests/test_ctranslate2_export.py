@@ -163,6 +163,7 @@ UNEXPORTABLE = [
     (dict(norm_type="rms_norm", projection_bias=False), "norm_type='rms_norm', projection_bias=False",
      "ct2-transformers-converter"),
     (dict(head_dim=4), "head_dim=4", "does not map this architecture option yet"),
+    (dict(share_encoder_decoder_embeddings=False), "share_encoder_decoder_embeddings=False", "option yet"),
 ]  # fmt: skip
 
 

@@ -38,6 +38,7 @@ ARCHITECTURES = {
     "bart": {
         "layernorm_embedding": True, "final_logits_bias": True, "scale_embedding": False, "activation_function": "gelu",
     },
+    "separate_vocabularies": {"share_encoder_decoder_embeddings": False, "decoder_vocab_size": 120},
     "t5": {
         "normalize_before": True, "norm_type": "rms_norm", "layer_norm_eps": 1e-6, "projection_bias": False,
         "scale_attention_scores": False, "gated_feed_forward": True, "activation_function": "gelu_new",

@@ -24,7 +24,7 @@ from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError, 
 from transformers import AutoModelForSeq2SeqLM, AutoTokenizer, PreTrainedModel
 
 from ..modeling.atomic_io import atomic_directory
-from ..modeling.from_transformers import UnsupportedModelError, check_same_function, convert_from_transformers
+from ..modeling.from_transformers import check_same_function, convert_from_transformers
 from .arguments import check_output_folder
 from .console import log_to_console
 from .run_folder import model_source
@@ -146,7 +146,7 @@ def cli(argv: list[str] | None = None) -> None:
     args = _parser().parse_args(argv)
     try:
         out_dir = convert(args.source, args.out_dir, args.revision, args.overwrite_output_dir)
-    except (ValueError, FileNotFoundError, UnsupportedModelError) as error:
+    except (ValueError, FileNotFoundError) as error:  # UnsupportedModelError is a ValueError
         sys.exit(f"posformer-convert: error: {error}")
     logger.info(f"saved: {out_dir}")
 

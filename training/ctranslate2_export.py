@@ -158,6 +158,7 @@ EXPORTABLE: dict[str, tuple[Callable[[object], dict], Callable[[object, object],
 
 
 NOT_YET_EXPORTED = {
+    "share_encoder_decoder_embeddings": True,
     "norm_type": "layer_norm",
     "head_dim": None,
     "projection_bias": True,
@@ -166,7 +167,7 @@ NOT_YET_EXPORTED = {
     "scale_decoder_output": False,
 }
 """Architecture options (and the value the export maps) that CTranslate2's specification can express but the export
-does not map yet: T5's."""
+does not map yet: T5's, and separate source and target vocabularies."""
 
 
 def exportable_encodings() -> list[str]:
