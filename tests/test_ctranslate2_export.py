@@ -102,7 +102,14 @@ VARIANTS = [(name, {}) for name in EXPORTABLE] + [
     # BART's and mBART's options (`convert_from_transformers`), the logits bias made random in `random_export`
     ("learned", dict(layernorm_embedding=True, final_logits_bias=True, activation_function="gelu")),
     ("learned", dict(layernorm_embedding=True, final_logits_bias=True, normalize_before=True)),
-]
+    # T5's (v1.0: tied and rescaled head; v1.1: gated GELU, untied head), also with a rotary encoding
+    ("t5", dict(normalize_before=True, norm_type="rms_norm", layer_norm_eps=1e-6, projection_bias=False,
+                scale_attention_scores=False, scale_embedding=False, scale_decoder_output=True)),
+    ("t5", dict(normalize_before=True, norm_type="rms_norm", projection_bias=False, scale_attention_scores=False,
+                gated_feed_forward=True, activation_function="gelu_new", tie_word_embeddings=False)),
+    ("rope", dict(normalize_before=True, norm_type="rms_norm", projection_bias=False, gated_feed_forward=True,
+                  activation_function="silu")),
+]  # fmt: skip
 
 
 @pytest.fixture(scope="module", params=VARIANTS, ids=lambda v: v[0] + "".join(f"-{k}" for k in v[1]))
@@ -160,9 +167,9 @@ UNEXPORTABLE = [
     (dict(activation_function="mish"), "activation_function='mish'", "relu, gelu"),
     (dict(eos_token_id=[2, 3]), "eos_token_id=[2, 3]", "one id"),
     (dict(decoder_start_token_id=None), "decoder_start_token_id is None", "Set it"),
-    (dict(norm_type="rms_norm", projection_bias=False), "norm_type='rms_norm', projection_bias=False",
+    (dict(share_encoder_decoder_embeddings=False, head_dim=4), "share_encoder_decoder_embeddings=False, head_dim=4",
      "ct2-transformers-converter"),
-    (dict(head_dim=4), "head_dim=4", "does not map this architecture option yet"),
+    (dict(head_dim=4), "head_dim=4", "does not map this option yet"),
     (dict(share_encoder_decoder_embeddings=False), "share_encoder_decoder_embeddings=False", "option yet"),
 ]  # fmt: skip
 

@@ -157,17 +157,10 @@ EXPORTABLE: dict[str, tuple[Callable[[object], dict], Callable[[object, object],
 """Encoding -> (the stack specification's options, what writes its position weights into a stack specification)."""
 
 
-NOT_YET_EXPORTED = {
-    "share_encoder_decoder_embeddings": True,
-    "norm_type": "layer_norm",
-    "head_dim": None,
-    "projection_bias": True,
-    "scale_attention_scores": True,
-    "gated_feed_forward": False,
-    "scale_decoder_output": False,
-}
-"""Architecture options (and the value the export maps) that CTranslate2's specification can express but the export
-does not map yet: T5's, and separate source and target vocabularies."""
+NOT_YET_EXPORTED = {"share_encoder_decoder_embeddings": True, "head_dim": None}
+"""Options (and the one value the export maps) that it does not map yet: separate source and target vocabularies
+(the export writes one shared vocabulary) and a head size apart from d_model / heads (which CTranslate2's own T5
+converter does not map either)."""
 
 
 def exportable_encodings() -> list[str]:
@@ -213,10 +206,9 @@ def check_exportable(model: PreTrainedModel, quantization: str | None = None) ->
                 if getattr(config, name) != default]  # fmt: skip
     if unmapped:
         raise ValueError(
-            f"{', '.join(unmapped)}: the CTranslate2 export does not map this architecture option yet (it maps the "
-            "paper's, pre- or post-norm, layernorm_embedding and final_logits_bias: Marian, BART and mBART). For a "
-            "model converted from T5, CTranslate2's own converter exports the source: ct2-transformers-converter "
-            "--model SOURCE --output_dir OUT."
+            f"{', '.join(unmapped)}: the CTranslate2 export does not map this option yet. For a model converted from "
+            "transformers, CTranslate2's own converter exports the source: ct2-transformers-converter --model SOURCE "
+            "--output_dir OUT."
         )
     _single_eos(config)
     if quantization is not None and quantization not in QUANTIZATIONS:
@@ -254,9 +246,11 @@ def _set_linear(spec, module: torch.nn.Linear) -> None:
         spec.bias = _array(module.bias)
 
 
-def _set_layer_norm(spec, module: torch.nn.LayerNorm) -> None:
+def _set_layer_norm(spec, module: torch.nn.LayerNorm | torch.nn.RMSNorm) -> None:
+    """A LayerNorm's gain and bias, or an RMSNorm's gain (CTranslate2's `rms_norm` specification has no bias)."""
     spec.gamma = _array(module.weight)
-    spec.beta = _array(module.bias)
+    if getattr(module, "bias", None) is not None:
+        spec.beta = _array(module.bias)
 
 
 def _set_attention(spec, attention, self_attention: bool) -> None:
@@ -266,8 +260,11 @@ def _set_attention(spec, attention, self_attention: bool) -> None:
     groups = [projections] if self_attention else [projections[:1], projections[1:]]
     for linear_spec, group in zip(spec.linear[:-1], groups, strict=True):
         linear_spec.weight = np.concatenate([_array(p.weight) for p in group])
-        linear_spec.bias = np.concatenate([_array(p.bias) for p in group])
+        if attention.q_proj.bias is not None:  # projection_bias
+            linear_spec.bias = np.concatenate([_array(p.bias) for p in group])
     _set_linear(spec.linear[-1], attention.out_proj)
+    if attention.scaling == 1.0:  # scale_attention_scores=False (T5), as CTranslate2's own T5 converter says it
+        spec.queries_scale = 1.0
 
 
 def _set_stack(stack_spec, stack) -> None:
@@ -287,6 +284,8 @@ def _set_stack(stack_spec, stack) -> None:
             _set_attention(layer_spec.attention, layer.encoder_attn, self_attention=False)
             _set_layer_norm(layer_spec.attention.layer_norm, layer.encoder_attn_layer_norm)
         _set_linear(layer_spec.ffn.linear_0, layer.fc1)
+        if layer.fc_up is not None:  # gated_feed_forward: CTranslate2's `ffn_glu`, the activated branch first
+            _set_linear(layer_spec.ffn.linear_0_noact, layer.fc_up)
         _set_linear(layer_spec.ffn.linear_1, layer.fc2)
         _set_layer_norm(layer_spec.ffn.layer_norm, layer.final_layer_norm)
 
@@ -299,6 +298,8 @@ def build_spec(ctranslate2: ModuleType, model: PreTrainedModel, tokenizer: PreTr
         "pre_norm": config.normalize_before,  # with pre-LN, posformer's stacks end with a LayerNorm, as CT2's
         "activation": getattr(specs.common_spec.Activation, ACTIVATIONS[config.activation_function]),
         "layernorm_embedding": config.layernorm_embedding,
+        "rms_norm": config.norm_type == "rms_norm",
+        "ffn_glu": config.gated_feed_forward,
         **EXPORTABLE[config.position_encoding][0](config),
     }
     encoder = specs.TransformerEncoderSpec(config.encoder_layers, config.encoder_attention_heads, **options)
@@ -309,6 +310,8 @@ def build_spec(ctranslate2: ModuleType, model: PreTrainedModel, tokenizer: PreTr
     _set_linear(spec.decoder.projection, model.lm_head)
     if model.final_logits_bias is not None:
         spec.decoder.projection.bias = _array(model.final_logits_bias[0])
+    if model.output_scale != 1.0:  # scale_decoder_output (T5 v1.0's tied head)
+        spec.decoder.scale_outputs = model.output_scale
 
     tokens = vocabulary(model, tokenizer)
     spec.register_source_vocabulary(tokens)
