@@ -470,6 +470,18 @@ def test_resize_token_embeddings_keeps_everything_tied_and_updates_the_config():
     assert model(input_ids=src, attention_mask=mask, decoder_input_ids=tgt).logits.shape[-1] == 120
 
 
+def test_resizing_keeps_the_logits_bias_and_both_vocabulary_sizes_and_refuses_separate_vocabularies(tmp_path):
+    model = build("sinusoidal", **ARCHITECTURES["bart"])
+    bias = model.final_logits_bias.clone()
+    model.resize_token_embeddings(120)
+    assert model.final_logits_bias.shape == (1, 120) and torch.equal(model.final_logits_bias[:, :99], bias)
+    assert (model.config.vocab_size, model.config.decoder_vocab_size) == (120, 120)
+    model.save_pretrained(tmp_path)  # the resized config is a valid one
+    assert AutoModelForSeq2SeqLM.from_pretrained(tmp_path).final_logits_bias.shape == (1, 120)
+    with pytest.raises(NotImplementedError, match="separate source and target vocabularies"):
+        build("sinusoidal", **ARCHITECTURES["separate_vocabularies"]).resize_token_embeddings(120)
+
+
 def test_get_encoder_and_decoder():
     model = build("t5")
     assert model.get_encoder() is model.model.encoder
