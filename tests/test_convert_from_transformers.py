@@ -11,6 +11,7 @@ import dataclasses
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -164,35 +165,48 @@ def test_cached_step_logits_equal_transformers_full_forward(pair):
 
 LOAD_WITHOUT_POSFORMER = """
 import sys
+from pathlib import Path
 sys.modules["posformer"] = None  # posformer is not installed here
 import torch
 from transformers import AutoModelForSeq2SeqLM
-data = torch.load(sys.argv[2])
-model = AutoModelForSeq2SeqLM.from_pretrained(sys.argv[1], trust_remote_code=True).eval()
-with torch.no_grad():
-    torch.save(model(**data["batch"], decoder_input_ids=data["targets"]).logits, sys.argv[3])
+for folder in sorted(Path(sys.argv[1]).iterdir()):  # one converted family per folder, loaded as remote code
+    data = torch.load(folder / "inputs.pt")
+    model = AutoModelForSeq2SeqLM.from_pretrained(folder / "model", trust_remote_code=True).eval()
+    with torch.no_grad():
+        torch.save(model(**data["batch"], decoder_input_ids=data["targets"]).logits, folder / "out.pt")
 """
 
 
-def test_save_reload_and_a_copy_loaded_without_posformer_compute_the_same(pair, tmp_path):
-    source, converted = pair
-    batch, targets = padded_batch("left"), decoder_inputs(source)
-    expected = logits(source, batch, targets)
-    converted.save_pretrained(tmp_path / "model")
-    reloaded = AutoModelForSeq2SeqLM.from_pretrained(tmp_path / "model").eval()
-    assert isinstance(reloaded, PosformerForConditionalGeneration)
-    torch.testing.assert_close(logits(reloaded, batch, targets), expected, atol=1e-5, rtol=1e-5)
-
-    torch.save({"batch": batch, "targets": targets}, tmp_path / "inputs.pt")
-    script = tmp_path / "load.py"
+@pytest.fixture(scope="module")
+def saved_families(tmp_path_factory) -> Path:
+    """Every family converted and saved (`FAMILY/model`), with a batch (`FAMILY/inputs.pt`), the peer's logits on it
+    (`FAMILY/expected.pt`) and, from one Python in which posformer cannot be imported, the logits of the saved copy
+    loaded as remote code (`FAMILY/out.pt`)."""
+    root = tmp_path_factory.mktemp("families")
+    for family in FAMILIES:
+        source, folder = peer(family), root / family
+        batch, targets = padded_batch("left"), decoder_inputs(source)
+        convert_from_transformers(source).save_pretrained(folder / "model")
+        torch.save({"batch": batch, "targets": targets}, folder / "inputs.pt")
+        torch.save(logits(source, batch, targets), folder / "expected.pt")
+    script = root.parent / f"{root.name}-load.py"
     script.write_text(LOAD_WITHOUT_POSFORMER)
-    environment = {**os.environ, "HF_MODULES_CACHE": str(tmp_path / "modules"), "PYTHONPATH": ""}
+    environment = {**os.environ, "HF_MODULES_CACHE": str(root.parent / f"{root.name}-modules"), "PYTHONPATH": ""}
     completed = subprocess.run(
-        [sys.executable, str(script), str(tmp_path / "model"), str(tmp_path / "inputs.pt"), str(tmp_path / "out.pt")],
-        cwd=tmp_path, env=environment, capture_output=True, text=True,
-    )  # fmt: skip
+        [sys.executable, str(script), str(root)], cwd=root.parent, env=environment, capture_output=True, text=True
+    )
     assert completed.returncode == 0, completed.stderr[-4000:]
-    torch.testing.assert_close(torch.load(tmp_path / "out.pt"), expected, atol=1e-5, rtol=1e-5)
+    return root
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_save_reload_and_a_copy_loaded_without_posformer_compute_the_same(saved_families, family):
+    folder = saved_families / family
+    data, expected = torch.load(folder / "inputs.pt"), torch.load(folder / "expected.pt")
+    reloaded = AutoModelForSeq2SeqLM.from_pretrained(folder / "model").eval()
+    assert isinstance(reloaded, PosformerForConditionalGeneration)
+    torch.testing.assert_close(logits(reloaded, data["batch"], data["targets"]), expected, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(torch.load(folder / "out.pt"), expected, atol=1e-5, rtol=1e-5)
 
 
 def test_each_family_maps_onto_its_options():
