@@ -188,15 +188,14 @@ class Family:
     classes: tuple[str, ...]  # the conditional-generation classes of transformers that are converted
     config: Callable[[object], dict]
     rename: Callable[[str], str | None]
-    embedding_name: str  # the source's shared token embedding
 
 
 FAMILIES: dict[str, Family] = {
-    "marian": Family(("MarianMTModel",), marian_config, rename_marian, "model.shared.weight"),
-    "bart": Family(("BartForConditionalGeneration",), bart_config, rename_bart, "model.shared.weight"),
-    "mbart": Family(("MBartForConditionalGeneration",), mbart_config, rename_bart, "model.shared.weight"),
-    "t5": Family(("T5ForConditionalGeneration",), t5_config, rename_t5, "shared.weight"),
-    "mt5": Family(("MT5ForConditionalGeneration",), mt5_config, rename_t5, "shared.weight"),
+    "marian": Family(("MarianMTModel",), marian_config, rename_marian),
+    "bart": Family(("BartForConditionalGeneration",), bart_config, rename_bart),
+    "mbart": Family(("MBartForConditionalGeneration",), mbart_config, rename_bart),
+    "t5": Family(("T5ForConditionalGeneration",), t5_config, rename_t5),
+    "mt5": Family(("MT5ForConditionalGeneration",), mt5_config, rename_t5),
 }
 """`config.model_type` -> `Family`. Adding a family: its config and name functions, and one line here."""
 
@@ -274,12 +273,14 @@ def check_same_function(source: PreTrainedModel, converted: PosformerForConditio
         "attention_mask": attention_mask.to(device),
         "decoder_input_ids": decoder_input_ids.to(device),
     }
-    was_training = (source.training, converted.training)
-    source.eval(), converted.eval()
+    modes = source.training, converted.training
+    source.eval()
+    converted.eval()
     with torch.no_grad():
         expected = source(**batch).logits.float()
         actual = converted(**batch).logits.float()
-    source.train(was_training[0]), converted.train(was_training[1])
+    source.train(modes[0])
+    converted.train(modes[1])
     difference = (expected - actual).abs().max().item()
     relative = 1e-4 if next(converted.parameters()).dtype == torch.float32 else 3e-2
     if not difference <= relative * max(1.0, expected.abs().max().item()):
