@@ -16,6 +16,8 @@ older release could not build:
 """
 
 import dataclasses
+import sys
+import warnings
 
 from transformers.cache_utils import Cache
 from transformers.modeling_outputs import Seq2SeqLMOutput
@@ -44,10 +46,33 @@ CACHE_NAME: str = (
 
 def resolve_cache(cache: Cache | None, past_key_values: Cache | None) -> Cache | None:
     """The cache a forward was given under either name (`cache`, or `past_key_values` as releases before 5.24 and
-    older user code call it); `ValueError` when both are given."""
+    older user code call it); `ValueError` when both are given.
+
+    Under a release that calls it `cache`, `past_key_values` also warns as transformers' own models do (a
+    `FutureWarning` saying "`past_key_values` is deprecated", from their `deprecate_kwarg`)."""
     if cache is not None and past_key_values is not None:
         raise ValueError("Pass the key/value cache once, as `cache` or as `past_key_values`, not both.")
+    if past_key_values is not None and CACHE_NAME == "cache":
+        warn_at_caller(
+            "`past_key_values` is deprecated for `forward` since transformers 5.24 renamed it. Use `cache` instead.",
+            FutureWarning,
+        )
     return cache if cache is not None else past_key_values
+
+
+LIBRARY_MODULES = ("posformer.", "transformers_modules.", "torch.", "transformers.")
+"""Where the frames between a user's call and posformer's code come from (its copy as remote code included)."""
+
+
+def warn_at_caller(message: str, category: type[Warning]) -> None:
+    """`warnings.warn` attributed to the first frame outside posformer, torch and transformers: the user's line that
+    called the model, however many decorators and module calls lie between (what `stacklevel` cannot know)."""
+    frame = sys._getframe(1)
+    while frame.f_back is not None and frame.f_globals.get("__name__", "").startswith(LIBRARY_MODULES):
+        frame = frame.f_back
+    module = frame.f_globals.get("__name__", "<unknown>")
+    registry = frame.f_globals.setdefault("__warningregistry__", {})
+    warnings.warn_explicit(message, category, frame.f_code.co_filename, frame.f_lineno, module, registry)
 
 
 __all__ = ["CACHE_NAME", "MINIMUM_TRANSFORMERS", "require_supported_transformers", "resolve_cache"]

@@ -126,11 +126,8 @@ def mt5_config(source) -> dict:
     return {**_t5_architecture(source), "scale_decoder_output": False}
 
 
-def rename_bart(name: str) -> str | None:
-    """BART and mBART names are posformer's, but for the learned position tables and the encoder's token embedding
-    (None: it is `model.shared` in both)."""
-    if name == "model.encoder.embed_tokens.weight":
-        return None
+def rename_bart(name: str) -> str:
+    """BART and mBART names are posformer's, but for the learned position tables."""
     if re.fullmatch(r"model\.(en|de)coder\.embed_positions\.weight", name):
         return name.replace("embed_positions", "position_encoding.embeddings")
     return name
@@ -161,6 +158,7 @@ T5_RENAMES = [
     (r"encoder\.block\.(\d+)\.layer\.1\.layer_norm", r"model.encoder.layers.\1.final_layer_norm"),
     (r"decoder\.block\.(\d+)\.layer\.2\.layer_norm", r"model.decoder.layers.\1.final_layer_norm"),
     (r"(en|de)coder\.final_layer_norm", r"model.\1coder.layer_norm"),
+    (r"(en|de)coder\.embed_tokens", r"model.\1coder.embed_tokens"),
     (r"shared", r"model.shared"),
     (r"lm_head", r"lm_head"),
 ]  # fmt: skip
@@ -169,11 +167,9 @@ bias lives in each stack's first self-attention in T5 and is the stack's `positi
 once, shared by the layers, in both."""
 
 
-def rename_t5(name: str) -> str | None:
-    """posformer's name of T5's parameter `name` (None: the stacks' `embed_tokens`, which are `shared`)."""
+def rename_t5(name: str) -> str:
+    """posformer's name of T5's parameter `name`."""
     module, kind = name.rsplit(".", 1)
-    if re.fullmatch(r"(en|de)coder\.embed_tokens", module):
-        return None
     for pattern, replacement in T5_RENAMES:
         match = re.fullmatch(pattern, module)
         if kind == "weight" and match:
@@ -238,20 +234,16 @@ def posformer_config(model: PreTrainedModel) -> PosformerConfig:
 
 
 def posformer_state_dict(model: PreTrainedModel, config: PosformerConfig) -> dict[str, torch.Tensor]:
-    """`model`'s weights under posformer's names (the LM head left out when it is tied to the embeddings)."""
+    """`model`'s weights under posformer's names."""
     family = _family(model)
     state: dict[str, torch.Tensor] = {}
     for name, tensor in model.state_dict().items():
         target = family.rename(name)
-        if target is None or (target == "lm_head.weight" and config.tie_word_embeddings):
+        if target is None:
             continue
         if target.endswith("position_encoding.embeddings.weight"):
             tensor = tensor[BART_POSITION_OFFSET : BART_POSITION_OFFSET + config.max_position_embeddings]
         state[target] = tensor
-    # the encoder's `embed_tokens` is the module `shared`, and so is the decoder's unless the vocabularies are separate
-    state["model.encoder.embed_tokens.weight"] = state["model.shared.weight"]
-    if config.share_encoder_decoder_embeddings:
-        state["model.decoder.embed_tokens.weight"] = state["model.shared.weight"]
     return state
 
 
@@ -309,16 +301,16 @@ def convert_from_transformers(model: PreTrainedModel) -> PosformerForConditional
     ```
     """
     config = posformer_config(model)
-    state = posformer_state_dict(model, config)
     reference = next(model.parameters())
     with torch.device("meta"):
         converted = PosformerForConditionalGeneration(config)
+    tied = set(converted.all_tied_weights_keys)  # the tied copies, which `tie_weights` fills from their sources
+    state = {name: tensor for name, tensor in posformer_state_dict(model, config).items() if name not in tied}
     missing, unexpected = converted.load_state_dict(state, strict=False, assign=True)
-    expected_missing = {"lm_head.weight"} if config.tie_word_embeddings else set()
-    if unexpected or set(missing) != expected_missing:
+    if unexpected or set(missing) != tied:
         raise UnsupportedModelError(
             f"The weights of {type(model).__name__} do not fill a posformer model of its config: missing "
-            f"{sorted(set(missing) - expected_missing)}, left over {sorted(unexpected)}."
+            f"{sorted(set(missing) - tied)}, left over {sorted(unexpected)}."
         )
     converted.tie_weights()
     converted.to(device=reference.device, dtype=reference.dtype).eval()

@@ -386,6 +386,22 @@ class PosformerPreTrainedModel(PreTrainedModel):
     _supports_flex_attn = True
     _no_split_modules = ["PosformerEncoderLayer", "PosformerDecoderLayer"]
 
+    def embedding_ties(self) -> dict[str, str]:
+        """`{tied: source}` names of token embeddings that are one matrix whatever `tie_word_embeddings` says (the
+        encoder's and decoder's tables are `shared`); `tie_word_embeddings` decides only whether the head is tied."""
+        return {}
+
+    def get_expanded_tied_weights_keys(self, all_submodels: bool = False) -> dict[str, str]:
+        """transformers' `{tied: source}` parameter names, with `embedding_ties` kept under
+        `tie_word_embeddings=False` (transformers ties nothing at all then; T5 v1.1 and flan-T5 still share one
+        embedding between encoder and decoder, with an untied head).
+
+        Each stack owns its `embed_tokens`, tied to `shared` by name as Marian's are, so that loading sees every
+        tied name: a checkpoint that holds the table under any one of them (`lm_head.weight` included) loads
+        complete, and one that holds none reports it missing."""
+        tied = super().get_expanded_tied_weights_keys(all_submodels)
+        return tied if all_submodels else {**self.embedding_ties(), **tied}
+
     def get_correct_attn_implementation(self, requested_attention: str | None, is_init_check: bool = False) -> str:
         check_attention_backend(self.config.position_encoding, requested_attention)
         return super().get_correct_attn_implementation(requested_attention, is_init_check)
@@ -404,14 +420,9 @@ class PosformerPreTrainedModel(PreTrainedModel):
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, *args, **kwargs):
         """`PreTrainedModel.from_pretrained`, with an error naming the weights file when it is truncated or corrupt
-        (safetensors' own message names no file), and one naming the weights a checkpoint lacks when loading left
-        them unset on the meta device.
-
-        (transformers 5.24 drops the shared token embedding from the missing keys of custom-code models whose tied
-        weights share one parameter: a checkpoint without `model.shared.weight` would load with no warning and an
-        embedding of no values.)"""
+        (safetensors' own message names no file)."""
         try:
-            loaded = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+            return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
         except SafetensorError as error:
             weights = os.path.join(str(pretrained_model_name_or_path), SAFE_WEIGHTS_NAME)
             if not os.path.isfile(weights):
@@ -420,14 +431,6 @@ class PosformerPreTrainedModel(PreTrainedModel):
                 f"Cannot read the weights in {weights}: the file is truncated or corrupt ({error}). Download or "
                 "save the checkpoint again."
             ) from error
-        model = loaded[0] if isinstance(loaded, tuple) else loaded  # (model, loading info) on request
-        unset = [name for name, parameter in model.named_parameters() if parameter.device.type == "meta"]
-        if unset and kwargs.get("device_map") is None:  # a device map may leave weights on meta on purpose
-            raise OSError(
-                f"The checkpoint {pretrained_model_name_or_path} holds no values for {', '.join(unset)}: it is "
-                "incomplete or was not written for this model. Save it again from a complete model."
-            )
-        return loaded
 
     def save_pretrained(self, save_directory: str | os.PathLike, is_main_process: bool = True, *args, **kwargs) -> None:
         """`PreTrainedModel.save_pretrained`, and the folder becomes a complete Hub model repository.
@@ -490,12 +493,12 @@ class PosformerStack(PosformerPreTrainedModel):
     layer_class: type[PosformerEncoderLayer]
     argument_prefix: str  # what the encoder-decoder model's forward puts before this stack's argument names
 
-    def __init__(self, config: PosformerConfig, embed_tokens: nn.Embedding | None, num_layers: int, heads: int):
+    def __init__(self, config: PosformerConfig, num_layers: int, heads: int):
         super().__init__(config)
         self.dropout = config.dropout
         self.embed_scale = math.sqrt(config.d_model) if config.scale_embedding else 1.0
         vocab_size = config.target_vocab_size() if self.causal else config.vocab_size
-        self.embed_tokens = embed_tokens or nn.Embedding(vocab_size, config.d_model, config.pad_token_id)
+        self.embed_tokens = nn.Embedding(vocab_size, config.d_model, config.pad_token_id)
         self.position_encoding = POSITION_ENCODINGS[config.position_encoding](config, heads, causal=self.causal)
         self.layers = nn.ModuleList(
             [self.layer_class(config, i, self.position_encoding.make_layer_term()) for i in range(num_layers)]
@@ -551,8 +554,8 @@ class PosformerEncoder(PosformerStack):
     argument_prefix = ""
     _can_record_outputs = {"hidden_states": PosformerEncoderLayer, "attentions": PosformerAttention}
 
-    def __init__(self, config: PosformerConfig, embed_tokens: nn.Embedding | None = None) -> None:
-        super().__init__(config, embed_tokens, config.encoder_layers, config.encoder_attention_heads)
+    def __init__(self, config: PosformerConfig) -> None:
+        super().__init__(config, config.encoder_layers, config.encoder_attention_heads)
         self.post_init()
 
     @merge_with_config_defaults
@@ -601,8 +604,8 @@ class PosformerDecoder(PosformerStack):
         "cross_attentions": OutputRecorder(PosformerAttention, index=1, layer_name="encoder_attn"),
     }
 
-    def __init__(self, config: PosformerConfig, embed_tokens: nn.Embedding | None = None) -> None:
-        super().__init__(config, embed_tokens, config.decoder_layers, config.decoder_attention_heads)
+    def __init__(self, config: PosformerConfig) -> None:
+        super().__init__(config, config.decoder_layers, config.decoder_attention_heads)
         self.post_init()
 
     @merge_with_config_defaults
@@ -691,21 +694,19 @@ class PosformerModel(PosformerPreTrainedModel):
     """Encoder and decoder sharing one token embedding matrix (`shared`), as the paper shares its
     source/target BPE vocabulary. Returns `Seq2SeqModelOutput`."""
 
-    _tied_weights_keys = {
-        "encoder.embed_tokens.weight": "shared.weight",
-        "decoder.embed_tokens.weight": "shared.weight",
-    }
-
     def __init__(self, config: PosformerConfig) -> None:
         super().__init__(config)
         self.shared = nn.Embedding(config.vocab_size, config.d_model, config.pad_token_id)
-        self.encoder = PosformerEncoder(config, self.shared)
-        # separate vocabularies (`share_encoder_decoder_embeddings=False`): `shared` is the source's, and the decoder
-        # has its own table of the target vocabulary, as Marian's
-        self.decoder = PosformerDecoder(config, self.shared if config.share_encoder_decoder_embeddings else None)
-        if not config.share_encoder_decoder_embeddings:
-            self._tied_weights_keys = {"encoder.embed_tokens.weight": "shared.weight"}
+        self.encoder = PosformerEncoder(config)
+        self.decoder = PosformerDecoder(config)
+        self._tied_weights_keys = self.embedding_ties()  # what saving reads to store the tied table once
         self.post_init()
+
+    def embedding_ties(self) -> dict[str, str]:
+        """Both stacks' tables are `shared`; with separate vocabularies (`share_encoder_decoder_embeddings=False`)
+        `shared` is the source's, and the decoder keeps its own table of the target vocabulary, as Marian's."""
+        stacks = ("encoder", "decoder") if self.config.share_encoder_decoder_embeddings else ("encoder",)
+        return {f"{stack}.embed_tokens.weight": "shared.weight" for stack in stacks}
 
     def get_input_embeddings(self) -> nn.Embedding:
         return self.shared
@@ -838,8 +839,6 @@ def seq2seq_loss(
 class PosformerForConditionalGeneration(PosformerPreTrainedModel, GenerationMixin):
     """[`PosformerModel`] with a language-modelling head tied to the shared embeddings (by default)."""
 
-    _tied_weights_keys = {"lm_head.weight": "model.shared.weight"}
-
     def __init__(self, config: PosformerConfig) -> None:
         super().__init__(config)
         self.model = PosformerModel(config)
@@ -847,8 +846,9 @@ class PosformerForConditionalGeneration(PosformerPreTrainedModel, GenerationMixi
         self.lm_head = nn.Linear(config.d_model, target_vocab_size, bias=False)
         # BART's and Marian's `final_logits_bias`: a buffer (saved, never trained), as theirs
         self.final_logits_bias = nn.Buffer(torch.zeros(1, target_vocab_size)) if config.final_logits_bias else None
-        if not config.share_encoder_decoder_embeddings:  # the head shares the target embedding, as Marian's
-            self._tied_weights_keys = {"lm_head.weight": "model.decoder.embed_tokens.weight"}
+        # the head shares the target embedding (`tie_word_embeddings`), as Marian's
+        target = "shared" if config.share_encoder_decoder_embeddings else "decoder.embed_tokens"
+        self._tied_weights_keys = {"lm_head.weight": f"model.{target}.weight"}
         self.output_scale = config.d_model**-0.5 if config.scale_decoder_output else 1.0
         self.post_init()
 

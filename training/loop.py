@@ -117,6 +117,17 @@ def refuse_unresumable_fsdp_checkpoints(accelerator: Accelerator, model: torch.n
         )
 
 
+def share_embedding_modules_under_fsdp2(accelerator: Accelerator, model: PosformerForConditionalGeneration) -> None:
+    """Under FSDP2, make the stacks' `embed_tokens` the `shared` module itself instead of modules holding its tied
+    parameter. Accelerate puts the input embedding module in one unit with the head, and torch 2.13 refuses a tied
+    parameter that a second module brings into another unit ("shared with a parameter already managed by another
+    FSDP group"); the parameters, their names and the checkpoints are the same either way."""
+    if not accelerator.is_fsdp2:
+        return
+    for tied in model.model.embedding_ties():
+        model.model.set_submodule(tied.removesuffix(".weight"), model.model.shared)
+
+
 class TrainingRun:
     """One posformer-train run: its data, model and optimizer, the loop around them, and what it leaves in its
     output folder. `TrainingRun(model_args, data_args, train_args).train()` runs it to the end."""
@@ -204,6 +215,7 @@ class TrainingRun:
             )
         model = PosformerForConditionalGeneration(config)
         refuse_unresumable_fsdp_checkpoints(self.accelerator, model)
+        share_embedding_modules_under_fsdp2(self.accelerator, model)
         return model
 
     def _resume(self, checkpoint: Path) -> None:
