@@ -21,6 +21,7 @@ import warnings
 
 from transformers.cache_utils import Cache
 from transformers.modeling_outputs import Seq2SeqLMOutput
+from transformers.utils.output_capturing import OutputRecorder
 from transformers.utils.versions import require_version
 
 MINIMUM_TRANSFORMERS = "5.20.0"
@@ -60,6 +61,16 @@ def resolve_cache(cache: Cache | None, past_key_values: Cache | None) -> Cache |
     return cache if cache is not None else past_key_values
 
 
+def hidden_states_recorder(layer_class: type, num_layers_key: str) -> OutputRecorder | type:
+    """A stack's `_can_record_outputs["hidden_states"]`: its layer class, and from transformers 5.24 on (where
+    `output_hidden_states` may pick states by index, negative ones counted from `config.<num_hidden_layers_key>`,
+    `num_hidden_layers` by default) the config field holding that stack's own depth, so that -1 is the decoder's last
+    state when the stacks differ in depth."""
+    if "num_hidden_layers_key" in {field.name for field in dataclasses.fields(OutputRecorder)}:
+        return OutputRecorder(layer_class, num_hidden_layers_key=num_layers_key)
+    return layer_class
+
+
 LIBRARY_MODULES = ("posformer.", "transformers_modules.", "torch.", "transformers.")
 """Where the frames between a user's call and posformer's code come from (its copy as remote code included)."""
 
@@ -75,4 +86,10 @@ def warn_at_caller(message: str, category: type[Warning]) -> None:
     warnings.warn_explicit(message, category, frame.f_code.co_filename, frame.f_lineno, module, registry)
 
 
-__all__ = ["CACHE_NAME", "MINIMUM_TRANSFORMERS", "require_supported_transformers", "resolve_cache"]
+__all__ = [
+    "CACHE_NAME",
+    "MINIMUM_TRANSFORMERS",
+    "hidden_states_recorder",
+    "require_supported_transformers",
+    "resolve_cache",
+]

@@ -42,7 +42,7 @@ from transformers.utils.generic import merge_with_config_defaults
 from transformers.utils.output_capturing import OutputRecorder, capture_outputs
 
 from ..configuration.configuration_posformer import PosformerConfig
-from ..configuration.transformers_compat import CACHE_NAME, resolve_cache
+from ..configuration.transformers_compat import CACHE_NAME, hidden_states_recorder, resolve_cache
 from .input_checks import (
     check_attention_mask,
     check_encoder_states,
@@ -183,7 +183,7 @@ class PosformerAttention(nn.Module):
             attention_interface = ALL_ATTENTION_FUNCTIONS.get_interface(
                 self.config._attn_implementation, eager_attention_forward
             )
-        elif self.config._attn_implementation != "eager":
+        elif self.config._attn_implementation != "eager" and not torch.compiler.is_compiling():
             logger.warning_once(
                 f"position_encoding={self.config.position_encoding!r} adds relative value embeddings weighted by "
                 f"the attention probabilities, which {self.config._attn_implementation!r} does not return: its "
@@ -384,6 +384,7 @@ class PosformerPreTrainedModel(PreTrainedModel):
     _supports_sdpa = True
     _supports_flash_attn = True  # only for encodings without a score bias: see `check_attention_backend`
     _supports_flex_attn = True
+    _can_compile_fullgraph = True
     _no_split_modules = ["PosformerEncoderLayer", "PosformerDecoderLayer"]
 
     def embedding_ties(self) -> dict[str, str]:
@@ -529,21 +530,30 @@ class PosformerStack(PosformerPreTrainedModel):
         return self.layer_norm(hidden_states) if self.layer_norm is not None else hidden_states
 
 
-def default_positions(length: int, offset: int, device: torch.device) -> torch.Tensor:
-    """`(1, length)` positions `offset .. offset + length - 1`, shared by the batch."""
-    return torch.arange(offset, offset + length, device=device)[None]
+def default_positions(length: int, offset: int | torch.Tensor, device: torch.device) -> torch.Tensor:
+    """`(1, length)` positions `offset .. offset + length - 1`, shared by the batch. `offset` may be a 0-d tensor
+    (a static cache's length, which `torch.compile` must not read as a Python number)."""
+    return (torch.arange(length, device=device) + offset)[None]
 
 
-def decoder_key_positions(position_ids: torch.Tensor, past_length: int, key_length: int) -> torch.Tensor:
-    """`(B|1, key_length)` positions of the decoder's keys for `(B|1, T)` new positions: the `past_length` cached
-    tokens right before the first new one, the new ones, then the empty slots of a static cache (masked), continuing
-    after the last."""
+def cached_length(cache: Cache) -> int | torch.Tensor:
+    """The number of tokens `cache` holds. A static cache counts them in a 0-d tensor: an eager call reads it as an
+    int, a compiled step keeps the tensor (reading it back would break the graph)."""
+    length = cache.get_seq_length()
+    return int(length) if isinstance(length, torch.Tensor) and not torch.compiler.is_compiling() else length
+
+
+def decoder_key_positions(position_ids: torch.Tensor, past_length: int | torch.Tensor, key_length: int) -> torch.Tensor:
+    """`(B|1, key_length)` positions of the decoder's keys for `(B|1, T)` new positions, slot by slot: the
+    `past_length` cached tokens right before the first new one, the new ones at their slots, then the empty slots of a
+    static cache (masked) continuing from there. Static shapes only (`key_length` slots, the new ones scattered in), so
+    a compiled step never reads the cache's length back from a tensor."""
     if key_length == position_ids.shape[1]:  # nothing cached (training, the first step): the keys are the queries
         return position_ids
-    device = position_ids.device
-    cached = position_ids[:, :1] - past_length + torch.arange(past_length, device=device)
-    empty = position_ids[:, -1:] + 1 + torch.arange(key_length - past_length - position_ids.shape[1], device=device)
-    return torch.cat([cached, position_ids, empty], dim=-1)
+    device, new_tokens = position_ids.device, position_ids.shape[1]
+    keys = position_ids[:, :1] - past_length + torch.arange(key_length, device=device)
+    slots = (torch.arange(new_tokens, device=device) + past_length).expand_as(position_ids)
+    return keys.scatter(1, slots, position_ids)
 
 
 class PosformerEncoder(PosformerStack):
@@ -552,7 +562,10 @@ class PosformerEncoder(PosformerStack):
     causal = False
     layer_class = PosformerEncoderLayer
     argument_prefix = ""
-    _can_record_outputs = {"hidden_states": PosformerEncoderLayer, "attentions": PosformerAttention}
+    _can_record_outputs = {
+        "hidden_states": hidden_states_recorder(PosformerEncoderLayer, "encoder_layers"),
+        "attentions": PosformerAttention,
+    }
 
     def __init__(self, config: PosformerConfig) -> None:
         super().__init__(config, config.encoder_layers, config.encoder_attention_heads)
@@ -599,7 +612,7 @@ class PosformerDecoder(PosformerStack):
     layer_class = PosformerDecoderLayer
     argument_prefix = "decoder_"
     _can_record_outputs = {
-        "hidden_states": PosformerDecoderLayer,
+        "hidden_states": hidden_states_recorder(PosformerDecoderLayer, "decoder_layers"),
         "attentions": OutputRecorder(PosformerAttention, index=1, layer_name="self_attn"),
         "cross_attentions": OutputRecorder(PosformerAttention, index=1, layer_name="encoder_attn"),
     }
@@ -645,10 +658,12 @@ class PosformerDecoder(PosformerStack):
         self_attention_cache = cache.self_attention_cache if isinstance(cache, EncoderDecoderCache) else cache
         past_length, key_length = 0, length
         if self_attention_cache is not None:
-            past_length = self_attention_cache.get_seq_length()
+            past_length = cached_length(self_attention_cache)
             key_length = self_attention_cache.get_mask_sizes(length, 0)[0]  # a static cache: its whole length
         target = "the target (cached and new tokens)"
-        key_lengths = tuple(sorted({past_length + length, key_length}))
+        key_lengths = tuple(
+            sorted({key_length, past_length + length} if isinstance(past_length, int) else {key_length})
+        )
         check_attention_mask("decoder_attention_mask", attention_mask, batch, length, key_lengths, target)
         check_position_ids("decoder_position_ids", position_ids, batch, length)
         if encoder_hidden_states is not None:

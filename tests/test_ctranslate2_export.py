@@ -85,13 +85,36 @@ def ct2_translation(translator, tokenizer, source: list[int], num_beams: int) ->
     return tokenizer.convert_tokens_to_ids(result.hypotheses[0]), result.scores[0]
 
 
+# Two greedy choices this close in log-probability are decided by the order of float operations, which differs
+# between the engines (seen once: a random t5 model's two best tokens 5.7e-6 apart, at the 24th step).
+FLOAT_ORDERING_TIE = 1e-4
+
+
+def greedy_tie_at_first_difference(model, source: list[int], expected: list[int], tokens: list[int]) -> bool:
+    """Whether greedy decoding's first differing token was a near-tie for posformer: the log-probabilities of both
+    engines' choices at that step within `FLOAT_ORDERING_TIE`."""
+    ours, theirs = [*expected, 2], [*tokens, 2]  # each ended by `</s>`
+    step = next(i for i, (a, b) in enumerate(zip(ours, theirs, strict=False)) if a != b)
+    prefix = torch.tensor([[model.config.decoder_start_token_id, *expected[:step]]])
+    with torch.no_grad():
+        scores = model(input_ids=torch.tensor([source]), decoder_input_ids=prefix).logits[0, -1].log_softmax(-1)
+    return abs(scores[ours[step]] - scores[theirs[step]]).item() < FLOAT_ORDERING_TIE
+
+
 def assert_same_translations(model, folder: Path, sources: list[list[int]], num_beams: int) -> None:
+    """CTranslate2 translates every source as `generate` does, token for token and score within float tolerance;
+    greedy decoding may part at a near-tie (`greedy_tie_at_first_difference`), for at most one source in ten."""
     translator, tokenizer = ctranslate2.Translator(str(folder)), AutoTokenizer.from_pretrained(folder)
+    ties = 0
     for source in sources:
         expected, expected_score = posformer_translation(model, source, num_beams)
         tokens, score = ct2_translation(translator, tokenizer, source, num_beams)
+        if tokens != expected and num_beams == 1 and greedy_tie_at_first_difference(model, source, expected, tokens):
+            ties += 1
+            continue
         assert tokens == expected, f"source {source}"
         assert score == pytest.approx(expected_score, rel=5e-4, abs=2e-4), f"source {source}"  # rope: ~2e-4
+    assert ties <= len(sources) // 10, f"{ties} of {len(sources)} greedy translations parted at near-ties"
 
 
 # (encoding, config overrides): each exportable encoding on the default options, and the other options on a few

@@ -230,8 +230,8 @@ def test_saved_code_imports_only_its_own_files(tmp_path: Path, model_class: type
             "from .configuration_posformer import PosformerConfig",
         ),
         (
-            "from ..configuration.transformers_compat import CACHE_NAME, resolve_cache",
-            "from .transformers_compat import CACHE_NAME, resolve_cache",
+            "from ..configuration.transformers_compat import CACHE_NAME, hidden_states_recorder, resolve_cache",
+            "from .transformers_compat import CACHE_NAME, hidden_states_recorder, resolve_cache",
         ),
     ]
     assert json.loads((tmp_path / "config.json").read_text())["auto_map"] == remote_code.auto_map()
