@@ -74,7 +74,7 @@ def test_ctranslate2_quality_benchmark_scores_three_engines_of_a_run(tmp_path, c
     quality = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(quality)
     train([*TINY_RUN, *FAST_RUN, *toy_data_arguments(tmp_path), "--output_dir", str(tmp_path / "run"),
-           "--max_steps", "2", "--save_steps", "2", "--eval_steps", "100"])  # fmt: skip
+           "--max_steps", "40", "--save_steps", "40", "--eval_steps", "100"])  # fmt: skip
     results = quality.main([str(tmp_path / "run"), "--max_samples", "6"])
     assert set(results) == {"torch", "ctranslate2 float32", "ctranslate2 int8"}
     assert results["ctranslate2 float32"]["differ_from_torch"] == 0  # the export's parity, on a real run
