@@ -4,6 +4,7 @@
     posformer-train --output_dir runs/en-de                            # the README's main job
     python benchmarks/ctranslate2_quality.py runs/en-de                # torch, CTranslate2 float32 and int8
     python benchmarks/ctranslate2_quality.py runs/en-de --quantizations int8 int16 --max_samples 200
+    python benchmarks/ctranslate2_quality.py runs/en-de --max_bleu_drop 0.5   # exits 1 if int8 loses more
 
 Everything goes through what users run: `posformer-export --format ctranslate2 [--quantization Q]` and
 `posformer-translate --reference` on the built-in corpus's test split, with the
@@ -33,6 +34,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict]:
     parser.add_argument("run_dir", type=Path, help="a finished posformer-train run folder")
     parser.add_argument("--quantizations", nargs="*", default=["int8"], help="CTranslate2 weight types besides float32")
     parser.add_argument("--max_samples", type=int, help="only the first N test pairs")
+    parser.add_argument("--max_bleu_drop", type=float, help="exit 1 if a quantization loses more BLEU than this")
     parser.add_argument("--source_lang", default="en")
     parser.add_argument("--target_lang", default="de")
     args = parser.parse_args(argv)
@@ -62,7 +64,22 @@ def main(argv: list[str] | None = None) -> dict[str, dict]:
         figures["differ_from_torch"] = differ
         print(f"| {name} | {figures['bleu']:.2f} | {figures['chrf']:.2f} | {differ} of {len(pairs)} |")
     print(json.dumps(results))
+    if args.max_bleu_drop is not None:
+        check_bleu_drop(results, args.max_bleu_drop)
     return results
+
+
+def check_bleu_drop(results: dict[str, dict], max_drop: float) -> None:
+    """Exit with status 1, naming each offender, if a quantized engine's BLEU is more than `max_drop` below the
+    float32 export's (a release check: the int8 export of the main job's model is held to 0.5 BLEU)."""
+    reference = results["ctranslate2 float32"]["bleu"]
+    quantized = [name for name in results if name.startswith("ctranslate2 ") and name != "ctranslate2 float32"]
+    drops = {name: reference - results[name]["bleu"] for name in quantized}
+    failed = [f"{name} scores {drop:.2f} BLEU below float32 ({reference:.2f})" for name, drop in drops.items()
+              if drop > max_drop]  # fmt: skip
+    if failed:
+        raise SystemExit(f"over the {max_drop} BLEU bar: " + "; ".join(failed))
+    print(f"every quantization within {max_drop} BLEU of float32 ({reference:.2f})")
 
 
 if __name__ == "__main__":

@@ -79,6 +79,10 @@ def test_ctranslate2_quality_benchmark_scores_three_engines_of_a_run(tmp_path, c
     assert set(results) == {"torch", "ctranslate2 float32", "ctranslate2 int8"}
     assert results["ctranslate2 float32"]["differ_from_torch"] == 0  # the export's parity, on a real run
     assert "| ctranslate2 int8 |" in capsys.readouterr().out
+    int8_drop = results["ctranslate2 float32"]["bleu"] - results["ctranslate2 int8"]["bleu"]
+    quality.check_bleu_drop(results, max_drop=int8_drop)  # exactly at the bar passes
+    with pytest.raises(SystemExit, match=r"over the .* BLEU bar: ctranslate2 int8 scores"):
+        quality.check_bleu_drop(results, max_drop=int8_drop - 0.01)
 
 
 @pytest.mark.slow
