@@ -2,6 +2,8 @@
 
 import json
 import logging
+import os
+import socket
 import traceback
 from importlib import metadata
 from pathlib import Path
@@ -29,6 +31,31 @@ TRANSFORMERS_MARKS = (
 def pytest_configure(config) -> None:
     for mark in TRANSFORMERS_MARKS:
         config.addinivalue_line("markers", f"{mark}: a mark of transformers' own test suite")
+    share_the_cores_between_workers()
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests marked `longest` first: under `pytest -n N` a worker starts on each at once and the others share the
+    rest, instead of one of them starting last and running alone at the end."""
+    items.sort(key=lambda item: item.get_closest_marker("longest") is None)  # stable: the rest keep their order
+
+
+def share_the_cores_between_workers() -> None:
+    """Under `pytest -n N` (pytest-xdist), each worker's torch, and the subprocesses its tests start, use the
+    machine's cores divided by N: N workers with every core each would spend their time switching threads."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        threads = max(1, (os.cpu_count() or 1) // workers)
+        torch.set_num_threads(threads)
+        os.environ["OMP_NUM_THREADS"] = str(threads)
+
+
+def free_port() -> int:
+    """A TCP port no process listens on now, for one `accelerate launch` (its default, 29500, is shared by every
+    launch on the machine, so two tests launching at once under pytest-xdist would meet there)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 def pytest_terminal_summary(terminalreporter) -> None:

@@ -47,6 +47,18 @@ def test_readme_training_commands_parse():
         parse_args(command)
 
 
+def test_ci_runs_the_readme_test_command_then_the_fast_suite_the_same_way():
+    """`.ci/run`'s newest leg is exactly the README's test command, and its floor leg the same pytest options on the
+    fast suite: the README's promise is what CI checks."""
+    match = re.search(r"# the tests\n(.*)\n", (ROOT / "README.md").read_text())
+    assert match, "README.md has no test command under a '# the tests' comment"
+    readme_command = match.group(1).strip()
+    ci_commands = [line.split("  #", 1)[0].strip() for line in (ROOT / ".ci" / "run").read_text().splitlines()]
+    assert readme_command in ci_commands, f"{readme_command!r} is not a line of .ci/run"
+    pytest_options = readme_command.split("python -m pytest", 1)[1]
+    assert any(line.endswith(f'python -m pytest{pytest_options} -m "not slow"') for line in ci_commands), ci_commands
+
+
 def test_wheel_holds_only_namespaced_packages(tmp_path):
     subprocess.run(
         [

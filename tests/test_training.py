@@ -16,7 +16,7 @@ from datasets import Dataset
 from safetensors.torch import load_file
 from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
-from conftest import FAST_RUN, TINY_RUN, toy_data_arguments, toy_pairs, write_jsonl
+from conftest import FAST_RUN, TINY_RUN, free_port, toy_data_arguments, toy_pairs, write_jsonl
 from posformer.training.export_cli import export_run
 from posformer.training.loop import TrainingDivergedError, TrainingStoppedError
 from posformer.training.plots import LOSS_SERIES, SCORE_SERIES
@@ -108,6 +108,7 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path, to
     env = {**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "true"}
     subprocess.run(
         [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+         "--main_process_port", str(free_port()),
          "-m", "posformer.training", *common, "--output_dir", str(two)],
         check=True, env=env, cwd=tmp_path,
     )  # fmt: skip
@@ -127,6 +128,7 @@ def launch_fsdp_on_cpu(arguments: list[str], cwd: Path, *options: str) -> subpro
     env = {**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "true"}
     return subprocess.run(
         [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--use_fsdp",
+         "--main_process_port", str(free_port()),
          "--fsdp_version", "2", *options, str(Path(__file__).with_name("fsdp_on_cpu.py")), *arguments],
         env=env, cwd=cwd, capture_output=True, text=True,
     )  # fmt: skip
@@ -277,6 +279,7 @@ def test_sigterm_to_accelerate_launch_stops_every_process_after_a_checkpoint(tmp
     env = {**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "true"}
     launch = subprocess.Popen(
         [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+         "--main_process_port", str(free_port()),
          "-m", "posformer.training", *TINY_MODEL, *FAST, *toy_files, "--output_dir", str(out),
          "--max_steps", "100000", "--save_steps", "100000", "--eval_steps", "100000"],
         env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
