@@ -4,9 +4,10 @@
     python benchmarks/speed.py --rounds 1 --tiny       # smoke test
     python benchmarks/speed.py --device cuda --dtype bf16
     python benchmarks/speed.py --no_ctranslate2        # without the CTranslate2 rows
+    python benchmarks/speed.py --only_ctranslate2 --rounds 20   # only the CTranslate2 rows, more rounds
 
-Every workload runs in interleaved rounds (ours, Marian, ours, ...) so that machine noise hits both alike;
-the table reports the median time of each and the ratio ours/peer (lower is better), then every position
+Every workload runs in interleaved rounds (ours, Marian, then Marian, ours, ...) so that machine noise hits both
+alike; the table reports the median time of each and the ratio ours/peer (lower is better), then every position
 encoding of ours relative to our `sinusoidal` (a separate interleaved group, so that neither comparison is
 timed in the other's allocator state). Workloads: a training step (forward + backward + AdamW) on a
 batch of 32 x 64 tokens, cached greedy generation of 64 new tokens for 8 sentences, and 4-beam search; and
@@ -16,9 +17,11 @@ their operators' own time summed by kind (matrix multiplies, attention, softmax 
 
 CTranslate2 rows (when `ctranslate2` is installed): the two generation workloads, 64 new tokens forced in every engine,
 on posformer exported by `export_ctranslate2` and on the same Marian converted by CTranslate2's own
-`TransformersConverter`, each in float32 and int8, interleaved with transformers' Marian in a third group: the
+`TransformersConverter`, each in float32 and int8, interleaved with transformers' Marian in a group of their own: the
 ratios are time / transformers' Marian time, and posformer's export / CTranslate2's Marian (same engine, same
-weights, same arithmetic). CTranslate2 runs `torch.get_num_threads()` intra-op threads, one translation at a time.
+weights, same arithmetic: the median, lowest and highest over the rounds of the ratio of the two runs of one round,
+which a host slowing down between rounds moves less than a ratio of medians). CTranslate2 runs
+`torch.get_num_threads()` intra-op threads, one translation at a time.
 """
 
 import argparse
@@ -158,20 +161,29 @@ def ctranslate2_generation(translator, source: list[list[str]], size: Size, num_
     return run
 
 
-def measure_ctranslate2(translators: dict, marian: MarianMTModel, size: Size, rounds: int, device) -> dict:
-    """Median seconds of greedy and beam-4 generation per CTranslate2 engine and transformers' Marian, interleaved."""
+def measure_ctranslate2(
+    translators: dict, marian: MarianMTModel, size: Size, rounds: int, device
+) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, dict[str, float]]]]:
+    """Greedy and beam-4 generation per CTranslate2 engine and transformers' Marian, interleaved: per workload the
+    median seconds of each engine, and per workload and weight type `paired_ratio` of posformer's export to
+    CTranslate2's Marian (run next to each other in every round)."""
     inputs = batch(size, size.generate_batch, device)
     tokenizer = word_tokenizer(size.vocab_size, pad_token_id=0)
     source = [tokenizer.convert_ids_to_tokens(row) for row in inputs["input_ids"].tolist()]
-    return {
-        workload: compare(
+    seconds, same_engine = {}, {}
+    for workload, num_beams in (("greedy generation", 1), ("beam search (4)", 4)):
+        times = timed_rounds(
             {"marian": generation(marian, inputs, size, num_beams)}
             | {name: ctranslate2_generation(t, source, size, num_beams) for name, t in translators.items()},
             rounds,
             device,
         )
-        for workload, num_beams in (("greedy generation", 1), ("beam search (4)", 4))
-    }
+        seconds[workload] = {name: statistics.median(values) for name, values in times.items()}
+        same_engine[workload] = {
+            weights: paired_ratio(times, f"posformer ct2 {weights}", f"marian ct2 {weights}")
+            for weights in CTRANSLATE2_WEIGHTS
+        }
+    return seconds, same_engine
 
 
 def timed(function: Callable[[], None], device: torch.device) -> float:
@@ -239,15 +251,27 @@ def time_by_kind(function: Callable[[], None], calls: int = 3) -> dict[str, floa
     return kinds
 
 
-def compare(workloads: dict[str, Callable[[], None]], rounds: int, device: torch.device) -> dict[str, float]:
-    """Median seconds of each workload over `rounds` interleaved rounds (after one warm-up call each)."""
+def timed_rounds(workloads: dict[str, Callable[[], None]], rounds: int, device: torch.device) -> dict[str, list[float]]:
+    """Seconds of each workload in each of `rounds` interleaved rounds, after one warm-up call each. Odd rounds run
+    the workloads in reverse order, so that none always runs right after the same neighbour."""
     for function in workloads.values():
         function()
     times: dict[str, list[float]] = {name: [] for name in workloads}
-    for _ in range(rounds):
-        for name, function in workloads.items():
-            times[name].append(timed(function, device))
-    return {name: statistics.median(values) for name, values in times.items()}
+    for round_index in range(rounds):
+        for name in list(workloads)[:: 1 if round_index % 2 == 0 else -1]:
+            times[name].append(timed(workloads[name], device))
+    return times
+
+
+def compare(workloads: dict[str, Callable[[], None]], rounds: int, device: torch.device) -> dict[str, float]:
+    """Median seconds of each workload over `rounds` interleaved rounds (`timed_rounds`)."""
+    return {name: statistics.median(values) for name, values in timed_rounds(workloads, rounds, device).items()}
+
+
+def paired_ratio(times: dict[str, list[float]], numerator: str, denominator: str) -> dict[str, float]:
+    """Median, lowest and highest over the rounds of `numerator`'s time / `denominator`'s in the same round."""
+    ratios = [a / b for a, b in zip(times[numerator], times[denominator], strict=True)]
+    return {"median": statistics.median(ratios), "low": min(ratios), "high": max(ratios)}
 
 
 def workload_functions(models: dict, optimizers: dict, inputs: dict, size: Size) -> dict[str, dict]:
@@ -278,9 +302,11 @@ def benchmark(
     dtype: torch.dtype,
     profile: bool = False,
     ctranslate2: ModuleType | None = None,
+    only_ctranslate2: bool = False,
 ) -> dict:
     """posformer (`sinusoidal`) against Marian on identical weights, then every encoding of ours, then (given
-    `ctranslate2`) both models' CTranslate2 conversions against transformers' Marian.
+    `ctranslate2`) both models' CTranslate2 conversions against transformers' Marian; `only_ctranslate2`: only the
+    last group.
 
     The comparisons run as separate interleaved groups: timing a model beside nine others would measure the
     allocator state they leave behind (on CPU, which freed blocks go back to the OS and must be faulted in
@@ -290,10 +316,17 @@ def benchmark(
     peers = {"posformer": posformer(size, "sinusoidal"), "marian": marian(size)}
     peers["marian"].load_state_dict(peers["posformer"].state_dict(), strict=False)
     translators = ctranslate2_translators(ctranslate2, peers, device) if ctranslate2 is not None else {}
-    encodings = {name: posformer(size, name) for name in POSITION_ENCODINGS}
+    encodings = {} if only_ctranslate2 else {name: posformer(size, name) for name in POSITION_ENCODINGS}
     for model in (*peers.values(), *encodings.values()):
         model.to(device=device, dtype=dtype)
-    results: dict = {"workloads": measure(peers, size, rounds, device)}
+    results: dict = {}
+    if translators:
+        results["ctranslate2"], results["ctranslate2_same_engine"] = measure_ctranslate2(
+            translators, peers["marian"], size, rounds, device
+        )
+    if only_ctranslate2:
+        return results
+    results["workloads"] = measure(peers, size, rounds, device)
     if profile:
         inputs = {"train": batch(size, size.batch, device), "generate": batch(size, size.generate_batch, device)}
         optimizers = {name: torch.optim.AdamW(model.parameters(), lr=1e-4) for name, model in peers.items()}
@@ -303,29 +336,37 @@ def benchmark(
             for workload in ("training step", "greedy generation")
         }
     results["encodings"] = measure(encodings, size, rounds, device)
-    if translators:
-        results["ctranslate2"] = measure_ctranslate2(translators, peers["marian"], size, rounds, device)
     return results
 
 
 def table(results: dict) -> str:
-    lines = [
-        "| workload | posformer | Marian | ours / Marian |",
-        "|---|---|---|---|",
-    ]
+    lines = []
+    if "workloads" in results:
+        lines += [peers_table(results), "", encodings_table(results)]
+    if "ctranslate2" in results:
+        lines += ["", ctranslate2_table(results["ctranslate2"], results["ctranslate2_same_engine"])]
+    if "profile" in results:
+        lines += ["", profile_table(results)]
+    return "\n".join(lines).strip("\n")
+
+
+def peers_table(results: dict) -> str:
+    """Per workload: posformer's and Marian's median time (or peak memory) and their ratio."""
+    lines = ["| workload | posformer | Marian | ours / Marian |", "|---|---|---|---|"]
     for workload, values in results["workloads"].items():
         unit = (lambda v: f"{v / 2**20:.1f} MiB") if "memory" in workload else (lambda v: f"{v * 1000:.1f} ms")
         ratio = values["posformer"] / values["marian"]
         lines.append(f"| {workload} | {unit(values['posformer'])} | {unit(values['marian'])} | {ratio:.2f} |")
+    return "\n".join(lines)
+
+
+def encodings_table(results: dict) -> str:
+    """Per workload: every encoding's median time relative to `sinusoidal`'s."""
     encodings = sorted(POSITION_ENCODINGS)
-    lines += ["", "| workload | " + " | ".join(encodings) + " |", "|---|" + "---|" * len(encodings)]
+    lines = ["| workload | " + " | ".join(encodings) + " |", "|---|" + "---|" * len(encodings)]
     for workload, values in results["encodings"].items():
         cells = [f"{values[encoding] / values['sinusoidal']:.2f}" for encoding in encodings]
         lines.append(f"| {workload} (relative to sinusoidal) | " + " | ".join(cells) + " |")
-    if "ctranslate2" in results:
-        lines += ["", ctranslate2_table(results["ctranslate2"])]
-    if "profile" in results:
-        lines += ["", profile_table(results)]
     return "\n".join(lines)
 
 
@@ -338,17 +379,17 @@ CTRANSLATE2_ROWS = {
 }
 
 
-def ctranslate2_table(results: dict) -> str:
+def ctranslate2_table(results: dict, same_engine: dict) -> str:
     """Per engine and workload: the median time and time / transformers' Marian's; then posformer's export /
-    CTranslate2's Marian at each weight type (same engine)."""
+    CTranslate2's Marian at each weight type (same engine): the median paired ratio, lowest-highest in brackets."""
     header = " | ".join(f"{workload}: ms | {workload}: / Marian" for workload in results)
     lines = [f"| generation engine | {header} |", "|---|" + "---|" * 2 * len(results)]
     for name, label in CTRANSLATE2_ROWS.items():
         cells = [f"{values[name] * 1000:.1f} | {values[name] / values['marian']:.2f}" for values in results.values()]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     for weights in CTRANSLATE2_WEIGHTS:
-        ratios = [values[f"posformer ct2 {weights}"] / values[f"marian ct2 {weights}"] for values in results.values()]
-        cells = [cell for ratio in ratios for cell in ("", f"{ratio:.2f}")]  # no time column
+        ratios = [same_engine[workload][weights] for workload in results]
+        cells = [cell for r in ratios for cell in ("", f"{r['median']:.2f} ({r['low']:.2f}-{r['high']:.2f})")]
         lines.append(f"| posformer / CTranslate2's Marian, both {weights} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -387,12 +428,18 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--profile", action="store_true", help="Also show where the time goes, by operator kind.")
     parser.add_argument("--out", type=Path, default=None, help="Write the results as JSON here.")
     parser.add_argument("--no_ctranslate2", action="store_true", help="Leave out the CTranslate2 rows.")
+    parser.add_argument("--only_ctranslate2", action="store_true", help="Only the CTranslate2 rows.")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
     size = TINY if args.tiny else Size()
-    ctranslate2 = None if args.no_ctranslate2 else optional_ctranslate2()
-    results = benchmark(size, args.rounds, device, dtype, args.profile, ctranslate2)
+    if args.only_ctranslate2 and (args.no_ctranslate2 or args.profile):
+        parser.error("--only_ctranslate2 measures only the CTranslate2 rows: leave out --no_ctranslate2 and --profile")
+    if args.only_ctranslate2:
+        ctranslate2 = import_ctranslate2()  # without it there is nothing to measure: its error says how to install it
+    else:
+        ctranslate2 = None if args.no_ctranslate2 else optional_ctranslate2()
+    results = benchmark(size, args.rounds, device, dtype, args.profile, ctranslate2, args.only_ctranslate2)
     results["machine"] = {
         "platform": platform.platform(), "processor": platform.processor(), "threads": torch.get_num_threads(),
         "device": args.device, "dtype": args.dtype, "torch": torch.__version__,

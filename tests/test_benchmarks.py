@@ -7,6 +7,7 @@ import math
 from pathlib import Path
 
 import pytest
+import torch
 
 from conftest import FAST_RUN, TINY_RUN, toy_data_arguments
 from posformer.modeling import POSITION_ENCODINGS
@@ -15,10 +16,15 @@ from posformer.training.train import main as train
 SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "speed.py"
 
 
-def test_speed_benchmark_writes_its_table(tmp_path, capsys):
+def load_speed_script():
     spec = importlib.util.spec_from_file_location("speed", SCRIPT)
     speed = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(speed)
+    return speed
+
+
+def test_speed_benchmark_writes_its_table(tmp_path, capsys):
+    speed = load_speed_script()
     out = tmp_path / "speed.json"
     speed.main(["--tiny", "--rounds", "1", "--profile", "--out", str(out)])
     results = json.loads(out.read_text())
@@ -47,6 +53,30 @@ def test_speed_benchmark_writes_its_table(tmp_path, capsys):
     assert results["machine"]["ctranslate2"]
     for label in (*speed.CTRANSLATE2_ROWS.values(), "posformer / CTranslate2's Marian, both int8"):
         assert f"| {label} |" in printed
+    for workload in results["ctranslate2"]:
+        for weights in speed.CTRANSLATE2_WEIGHTS:
+            ratio = results["ctranslate2_same_engine"][workload][weights]
+            assert 0 < ratio["low"] <= ratio["median"] <= ratio["high"]
+
+
+def test_rounds_alternate_their_order_and_ratios_pair_the_runs_of_one_round():
+    speed = load_speed_script()
+    calls = []
+    workloads = {name: (lambda name=name: calls.append(name)) for name in "abc"}
+    times = speed.timed_rounds(workloads, 3, torch.device("cpu"))
+    assert calls == [*"abc", *"abc", *"cba", *"abc"]  # a warm-up call each, then forward, backward, forward
+    assert {name: len(values) for name, values in times.items()} == {"a": 3, "b": 3, "c": 3}
+    # per-round ratios 2, 1, 3; the ratio of the medians (4 / 3) would be none of them
+    ratio = speed.paired_ratio({"a": [2.0, 4.0, 9.0], "b": [1.0, 4.0, 3.0]}, "a", "b")
+    assert ratio == {"median": 2.0, "low": 1.0, "high": 3.0}
+
+
+def test_speed_benchmark_measures_only_the_ctranslate2_rows_when_asked(capsys):
+    pytest.importorskip("ctranslate2")
+    results = load_speed_script().main(["--tiny", "--rounds", "2", "--only_ctranslate2"])
+    assert set(results) == {"ctranslate2", "ctranslate2_same_engine", "machine", "size"}
+    printed = capsys.readouterr().out
+    assert "posformer / CTranslate2's Marian, both int8" in printed and "ours / Marian" not in printed
 
 
 def test_data_access_benchmark_checks_its_two_ways_agree_and_prints_its_table(capsys):
