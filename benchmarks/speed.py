@@ -19,7 +19,7 @@ CTranslate2 rows (when `ctranslate2` is installed): the two generation workloads
 on posformer exported by `export_ctranslate2` and on the same Marian converted by CTranslate2's own
 `TransformersConverter`, each in float32 and int8, interleaved with transformers' Marian in a group of their own: the
 ratios are time / transformers' Marian time, and posformer's export / CTranslate2's Marian (same engine, same
-weights, same arithmetic: the median, lowest and highest over the rounds of the ratio of the two runs of one round,
+weights, same arithmetic: the median and quartiles over the rounds of the ratio of the two runs of one round,
 which a host slowing down between rounds moves less than a ratio of medians). CTranslate2 runs
 `torch.get_num_threads()` intra-op threads, one translation at a time.
 """
@@ -269,9 +269,11 @@ def compare(workloads: dict[str, Callable[[], None]], rounds: int, device: torch
 
 
 def paired_ratio(times: dict[str, list[float]], numerator: str, denominator: str) -> dict[str, float]:
-    """Median, lowest and highest over the rounds of `numerator`'s time / `denominator`'s in the same round."""
+    """Median and quartiles over the rounds of `numerator`'s time / `denominator`'s in the same round (quartiles
+    rather than extremes: one round that another tenant of the host slowed moves them little)."""
     ratios = [a / b for a, b in zip(times[numerator], times[denominator], strict=True)]
-    return {"median": statistics.median(ratios), "low": min(ratios), "high": max(ratios)}
+    low, _, high = statistics.quantiles(ratios, n=4, method="inclusive") if len(ratios) > 1 else ratios * 3
+    return {"median": statistics.median(ratios), "quartile_1": low, "quartile_3": high}
 
 
 def workload_functions(models: dict, optimizers: dict, inputs: dict, size: Size) -> dict[str, dict]:
@@ -381,7 +383,7 @@ CTRANSLATE2_ROWS = {
 
 def ctranslate2_table(results: dict, same_engine: dict) -> str:
     """Per engine and workload: the median time and time / transformers' Marian's; then posformer's export /
-    CTranslate2's Marian at each weight type (same engine): the median paired ratio, lowest-highest in brackets."""
+    CTranslate2's Marian at each weight type (same engine): the median paired ratio, its quartiles in brackets."""
     header = " | ".join(f"{workload}: ms | {workload}: / Marian" for workload in results)
     lines = [f"| generation engine | {header} |", "|---|" + "---|" * 2 * len(results)]
     for name, label in CTRANSLATE2_ROWS.items():
@@ -389,7 +391,8 @@ def ctranslate2_table(results: dict, same_engine: dict) -> str:
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     for weights in CTRANSLATE2_WEIGHTS:
         ratios = [same_engine[workload][weights] for workload in results]
-        cells = [cell for r in ratios for cell in ("", f"{r['median']:.2f} ({r['low']:.2f}-{r['high']:.2f})")]
+        spreads = [f"{r['median']:.2f} ({r['quartile_1']:.2f}-{r['quartile_3']:.2f})" for r in ratios]
+        cells = [cell for spread in spreads for cell in ("", spread)]  # no time column
         lines.append(f"| posformer / CTranslate2's Marian, both {weights} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

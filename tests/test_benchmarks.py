@@ -56,7 +56,7 @@ def test_speed_benchmark_writes_its_table(tmp_path, capsys):
     for workload in results["ctranslate2"]:
         for weights in speed.CTRANSLATE2_WEIGHTS:
             ratio = results["ctranslate2_same_engine"][workload][weights]
-            assert 0 < ratio["low"] <= ratio["median"] <= ratio["high"]
+            assert 0 < ratio["quartile_1"] <= ratio["median"] <= ratio["quartile_3"]
 
 
 def test_rounds_alternate_their_order_and_ratios_pair_the_runs_of_one_round():
@@ -66,9 +66,10 @@ def test_rounds_alternate_their_order_and_ratios_pair_the_runs_of_one_round():
     times = speed.timed_rounds(workloads, 3, torch.device("cpu"))
     assert calls == [*"abc", *"abc", *"cba", *"abc"]  # a warm-up call each, then forward, backward, forward
     assert {name: len(values) for name, values in times.items()} == {"a": 3, "b": 3, "c": 3}
-    # per-round ratios 2, 1, 3; the ratio of the medians (4 / 3) would be none of them
-    ratio = speed.paired_ratio({"a": [2.0, 4.0, 9.0], "b": [1.0, 4.0, 3.0]}, "a", "b")
-    assert ratio == {"median": 2.0, "low": 1.0, "high": 3.0}
+    # per-round ratios 2, 1, 3, 10; the ratio of the medians (6.5 / 3.5) would be none of them
+    ratio = speed.paired_ratio({"a": [2.0, 4.0, 9.0, 10.0], "b": [1.0, 4.0, 3.0, 1.0]}, "a", "b")
+    assert ratio == {"median": 2.5, "quartile_1": 1.75, "quartile_3": 4.75}
+    assert speed.paired_ratio({"a": [3.0], "b": [2.0]}, "a", "b") == dict.fromkeys(ratio, 1.5)  # one round
 
 
 def test_speed_benchmark_measures_only_the_ctranslate2_rows_when_asked(capsys):
