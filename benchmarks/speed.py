@@ -17,7 +17,7 @@ their operators' own time summed by kind (matrix multiplies, attention, softmax 
 
 CTranslate2 rows (when `ctranslate2` is installed): the two generation workloads, 64 new tokens forced in every engine,
 on posformer exported by `export_ctranslate2` and on the same Marian converted by CTranslate2's own
-`TransformersConverter`, each in float32 and int8, interleaved with transformers' Marian in a group of their own: the
+`TransformersConverter`, each in float32 and int8, interleaved with transformers' Marian in a third group: the
 ratios are time / transformers' Marian time, and posformer's export / CTranslate2's Marian (same engine, same
 weights, same arithmetic: the median and quartiles over the rounds of the ratio of the two runs of one round,
 which a host slowing down between rounds moves less than a ratio of medians). CTranslate2 runs
@@ -321,14 +321,18 @@ def benchmark(
     encodings = {} if only_ctranslate2 else {name: posformer(size, name) for name in POSITION_ENCODINGS}
     for model in (*peers.values(), *encodings.values()):
         model.to(device=device, dtype=dtype)
-    results: dict = {}
+    results: dict = {} if only_ctranslate2 else torch_groups(peers, encodings, size, rounds, device, profile)
     if translators:
         results["ctranslate2"], results["ctranslate2_same_engine"] = measure_ctranslate2(
             translators, peers["marian"], size, rounds, device
         )
-    if only_ctranslate2:
-        return results
-    results["workloads"] = measure(peers, size, rounds, device)
+    return results
+
+
+def torch_groups(peers: dict, encodings: dict, size: Size, rounds: int, device: torch.device, profile: bool) -> dict:
+    """The first two groups: posformer against Marian (and, with `profile`, where their time goes), then every
+    encoding of ours."""
+    results = {"workloads": measure(peers, size, rounds, device)}
     if profile:
         inputs = {"train": batch(size, size.batch, device), "generate": batch(size, size.generate_batch, device)}
         optimizers = {name: torch.optim.AdamW(model.parameters(), lr=1e-4) for name, model in peers.items()}
