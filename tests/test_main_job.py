@@ -2,7 +2,7 @@
 reaches the test BLEU the README states, its CTranslate2 float32 export translates the whole test split as
 transformers' `generate` does, and its int8 export stays within 0.5 BLEU of float32 (docs/deployment.md's bar).
 
-A release check, not part of CI: training alone takes 9-12 minutes on 2 cores (25 under `pytest -n 2`, on one core
+A release check, not part of CI: training alone takes 9-17 minutes on 2 cores (25 under `pytest -n 2`, on one core
 beside the other worker), which the 30-minute CI cannot hold beside the rest of the suite. Run it with
 
     POSFORMER_RELEASE_CHECKS=1 python -m pytest -q tests/test_main_job.py
@@ -21,8 +21,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 QUALITY_SCRIPT = ROOT / "benchmarks" / "ctranslate2_quality.py"
-# posformer-train's test BLEU for the main job: the README states 33.0, docs/deployment.md's run 32.44; the run's
-# float ordering (threads, kernels) moves it by a few tenths, and a broken model or recipe by far more
+# posformer-train's test BLEU for the main job: the README states 33.0, docs/deployment.md's runs 32.44 and 33.03; the
+# run's float ordering (threads, kernels) moves it by tenths, and a broken model or recipe by far more
 MIN_TEST_BLEU = 31.0
 INT8_MAX_BLEU_DROP = 0.5
 # CTranslate2 float32 against transformers' generate, beam 4 over 1,500 sentences: 0 differ in docs/deployment.md;
@@ -62,8 +62,7 @@ def test_the_main_job_reaches_its_bleu_and_its_int8_export_stays_within_half_a_b
     test_bleu = json.loads((run_dir / "results.json").read_text())["test_bleu"]
     assert test_bleu >= MIN_TEST_BLEU, f"the main job's test BLEU is {test_bleu:.2f}"
 
+    # exits naming int8 if it scores more than the bar below float32 (`check_bleu_drop`)
     results = load_quality_script().main([str(run_dir), "--max_bleu_drop", str(INT8_MAX_BLEU_DROP)])
-    float32, int8 = results["ctranslate2 float32"], results["ctranslate2 int8"]
-    assert float32["bleu"] - int8["bleu"] <= INT8_MAX_BLEU_DROP, results
-    assert float32["differ_from_torch"] <= MAX_FLOAT32_DIFFERENCES, results
+    assert results["ctranslate2 float32"]["differ_from_torch"] <= MAX_FLOAT32_DIFFERENCES, results
     assert abs(results["torch"]["bleu"] - test_bleu) < 1.0, (results, test_bleu)  # the same model, the same split
