@@ -141,6 +141,36 @@ def test_the_stored_main_job_models_exports_translate_as_generate_and_int8_stays
     check_the_exports(run_dir)
 
 
+def stored_run_with_its_checkpoint(folder: Path, arguments: dict) -> Path:
+    """The stored run as posformer-train leaves it for `store`: with a last checkpoint that saved `arguments`."""
+    from posformer.training.run_folder import STATE_FILE
+
+    run_dir = shutil.copytree(STORED_RUN, folder)
+    (run_dir / "checkpoints" / "checkpoint-1000").mkdir(parents=True)
+    (run_dir / "checkpoints" / "checkpoint-1000" / STATE_FILE).write_text(json.dumps({"arguments": arguments}))
+    return run_dir
+
+
+def test_storing_a_run_keeps_what_the_checks_read_and_records_where_it_came_from(tmp_path):
+    arguments = json.loads((STORED_RUN / "arguments.json").read_text())
+    run_dir = stored_run_with_its_checkpoint(tmp_path / "run", arguments)
+    store(run_dir, tmp_path / "stored")
+    for name in [*(f"model/{file}" for file in STORED_MODEL_FILES), *STORED_RUN_FILES, "arguments.json"]:
+        assert (tmp_path / "stored" / name).read_bytes() == (STORED_RUN / name).read_bytes(), name
+    provenance = json.loads((tmp_path / "stored" / "provenance.json").read_text())
+    assert provenance["command"] == "posformer-train --output_dir runs/en-de"
+    assert provenance["corpus_sha256"] == corpus_digests()
+    assert set(provenance["versions"]) == set(VERSIONS_OF)
+
+
+def test_a_run_with_other_arguments_is_not_stored(tmp_path):
+    arguments = json.loads((STORED_RUN / "arguments.json").read_text()) | {"max_steps": 40}
+    run_dir = stored_run_with_its_checkpoint(tmp_path / "run", arguments)
+    with pytest.raises(SystemExit, match="not trained with the README's main-job arguments"):
+        store(run_dir, tmp_path / "stored")
+    assert not (tmp_path / "stored").exists()
+
+
 # ------------------------------------------------------------------------------ the release check: train it afresh
 
 
@@ -169,6 +199,13 @@ def test_the_main_job_reaches_its_bleu_and_its_int8_export_stays_within_half_a_b
 # ------------------------------------------------------------------------------ storing a run
 
 
+def installed_version(package: str) -> str | None:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
 def store(run_dir: Path, destination: Path = STORED_RUN) -> None:
     """Replace the stored run with `run_dir`'s final model, results and arguments (from its last checkpoint), and
     write `provenance.json`: the date, this checkout's commit, this machine, these package releases (run it in the
@@ -186,7 +223,7 @@ def store(run_dir: Path, destination: Path = STORED_RUN) -> None:
         "commit": commit.stdout.strip() or None,
         "machine": f"{cpu_name()}, {os.cpu_count()} cores",
         "training_time": json.loads((run_dir / "card.json").read_text()).get("training_time"),
-        "versions": {name: importlib.metadata.version(name) for name in VERSIONS_OF},
+        "versions": {name: installed_version(name) for name in VERSIONS_OF},
         "corpus_sha256": corpus_digests(),
     }
     with atomic_directory(destination) as staging:
