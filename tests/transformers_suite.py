@@ -10,9 +10,12 @@ same tester), and `ExportTesterMixin` is empty (posformer's own `torch.export` t
 The sdist is fetched once per release with `pip download` (from whatever index pip is configured with) into
 `$POSFORMER_TRANSFORMERS_TESTS` (default `~/.cache/posformer/transformers-tests`); `POSFORMER_TRANSFORMERS_SOURCE`
 may name an sdist (`.tar.gz`) or an unpacked source tree of the installed release instead, for machines that reach no
-index.
+index. pytest-xdist's workers collect at the same time: one fetches under a lock (`$CACHE/<version>/.fetch.lock`)
+while the others wait for it, then import what it left.
 """
 
+import contextlib
+import fcntl
 import importlib
 import os
 import shutil
@@ -83,16 +86,29 @@ def extract_tests(source: Path, destination: Path) -> None:
             path.write_text(text)
 
 
+@contextlib.contextmanager
+def exclusive(lock_file: Path):
+    """Hold an exclusive lock on `lock_file` (created if missing) for the body; other processes wait."""
+    with open(lock_file, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def import_model_tester_mixin(version: str = transformers.__version__):
     """The installed release's `tests/test_modeling_common.py`, imported as `transformers_tests_<version>`."""
     root = CACHE / version
     package = root / package_name(version)
     if not (package / "test_modeling_common.py").is_file():
         root.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=root) as scratch:
-            staged = Path(scratch) / package.name
-            extract_tests(fetch_sdist(version, Path(scratch)), staged)
-            staged.rename(package)  # complete or absent: an interrupted fetch leaves nothing half-written
+        with exclusive(root / ".fetch.lock"):
+            if not (package / "test_modeling_common.py").is_file():  # another process may have fetched meanwhile
+                with tempfile.TemporaryDirectory(dir=root) as scratch:
+                    staged = Path(scratch) / package.name
+                    extract_tests(fetch_sdist(version, Path(scratch)), staged)
+                    staged.rename(package)  # complete or absent: an interrupted fetch leaves nothing half-written
     if str(root) not in sys.path:
         sys.path.insert(0, str(root))
     return importlib.import_module(f"{package.name}.test_modeling_common")
