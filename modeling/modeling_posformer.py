@@ -403,6 +403,13 @@ class PosformerPreTrainedModel(PreTrainedModel):
         tied = super().get_expanded_tied_weights_keys(all_submodels)
         return tied if all_submodels else {**self.embedding_ties(), **tied}
 
+    def _check_and_adjust_attn_implementation(self, attn_implementation: str | None, *args, **kwargs) -> str:
+        """transformers' check of a requested kernel, after posformer's: from 5.25, with the `kernels` library
+        installed, transformers fetches a Hub kernel for a flash attention that is not installed before it asks
+        `get_correct_attn_implementation`, and a machine offline would get a download error instead of the reason."""
+        check_attention_backend(self.config.position_encoding, attn_implementation)
+        return super()._check_and_adjust_attn_implementation(attn_implementation, *args, **kwargs)
+
     def get_correct_attn_implementation(self, requested_attention: str | None, is_init_check: bool = False) -> str:
         check_attention_backend(self.config.position_encoding, requested_attention)
         return super().get_correct_attn_implementation(requested_attention, is_init_check)
