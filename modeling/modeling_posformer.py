@@ -795,40 +795,142 @@ class PosformerModel(PosformerPreTrainedModel):
         )
 
 
-class TokenCrossEntropy(torch.autograd.Function):
-    """Summed label-smoothed cross-entropy of `(N, V)` logits against `(N,)` labels (-100 ignored), fused.
+def smoothed_cross_entropy_(
+    logits: torch.Tensor, targets: torch.Tensor, kept: torch.Tensor, smoothing: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed label-smoothed cross-entropy of float32 `(n, V)` logits `z` against `(n,)` targets `y` (rows where
+    `kept` is False count for nothing), and its gradient with respect to `z`, written over `logits`.
 
-    Per token, with `p = softmax(z)` and smoothing `eps` (Szegedy et al., 2016; the paper's 0.1):
-    `loss = -(1 - eps) * log p[y] - eps * mean(log p)`, which is `F.cross_entropy(..., label_smoothing=eps)`
-    token by token; the gradient is `p - (1 - eps) * onehot(y) - eps / V`.
+    Per row, with smoothing `eps` (Szegedy et al., 2016; the paper's 0.1) and `L = logsumexp(z)`:
+    `loss = -(1 - eps) * log p[y] - eps * mean(log p) = L - (1 - eps) * z[y] - eps * mean(z)`, which is
+    `F.cross_entropy(..., label_smoothing=eps)` row by row, and `grad = softmax(z) - (1 - eps) * onehot(y) - eps / V`.
+    One exponential per logit serves both: `exp(z - max z)` is summed for `L`, then scaled into the softmax.
+    """
+    weight = kept[:, None].to(logits.dtype)
+    top = logits.amax(-1, keepdim=True)
+    target_logit = logits.gather(-1, targets[:, None])
+    mean_logit = logits.mean(-1, keepdim=True)
+    exponentials = logits.sub_(top).exp_()
+    sums = exponentials.sum(-1, keepdim=True)
+    token_loss = top + sums.log() - (1 - smoothing) * target_logit - smoothing * mean_logit
+    grad = exponentials.mul_(weight / sums)
+    if smoothing:
+        grad.sub_(weight * (smoothing / logits.shape[-1]))
+    grad.scatter_add_(-1, targets[:, None], weight * (smoothing - 1))
+    return (token_loss * weight).sum(), grad
+
+
+def rows_per_chunk(rows: int, vocab_size: int) -> int:
+    """Rows of one chunk of the fused losses over `(rows, vocab_size)` logits: at least 4 million logits per chunk
+    (16 MiB in float32: the matrix products run at full speed, and glibc reuses blocks this size instead of mapping
+    them afresh, which it does above 32 MiB) and at most 64 chunks (few kernel launches on a GPU)."""
+    return max(math.ceil(2**22 / vocab_size), math.ceil(rows / 64))
+
+
+def _targets(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """`(targets, kept)`: labels with -100 replaced by 0, and where they were not -100."""
+    kept = labels != -100
+    return labels.masked_fill(~kept, 0), kept
+
+
+class TokenCrossEntropy(torch.autograd.Function):
+    """Summed label-smoothed cross-entropy of `(N, V)` logits against `(N,)` labels (-100 ignored), fused
+    ([`smoothed_cross_entropy_`]).
 
     `F.cross_entropy` keeps its `(N, V)` log-probabilities for the backward pass and allocates two more `(N, V)`
-    tensors there. This keeps nothing vocabulary-sized but the logits (which the model output keeps alive anyway)
-    and writes the gradient into the one `(N, V)` softmax it recomputes: a training step's peak memory drops by
-    one `(N, V)` tensor and its backward pass makes fewer passes over the logits.
+    tensors there. This allocates one, the gradient, and fills it in the forward pass, chunk by chunk (one
+    exponential per logit, where log-softmax then softmax take two); nothing vocabulary-sized is kept but the
+    gradient and the logits (which the model output keeps alive anyway). Without gradients, a chunk of scratch.
     """
 
     @staticmethod
     def forward(ctx, logits: torch.Tensor, labels: torch.Tensor, label_smoothing: float) -> torch.Tensor:
-        kept = labels != -100
-        targets = labels.masked_fill(~kept, 0)
-        log_probs = nn.functional.log_softmax(logits, dim=-1)  # freed on return: backward recomputes softmax
-        token_loss = -log_probs.gather(-1, targets[:, None]).squeeze(-1)
-        if label_smoothing:
-            token_loss = (1 - label_smoothing) * token_loss - label_smoothing * log_probs.mean(-1)
-        ctx.save_for_backward(logits, targets, kept)
-        ctx.label_smoothing = label_smoothing
-        return (token_loss * kept).sum()
+        targets, kept = _targets(labels)
+        grad = torch.empty_like(logits) if ctx.needs_input_grad[0] else None
+        total = logits.new_zeros(())
+        step = rows_per_chunk(*logits.shape)
+        for start in range(0, logits.shape[0], step):
+            rows = slice(start, start + step)
+            chunk = grad[rows].copy_(logits[rows]) if grad is not None else logits[rows].clone()
+            total += smoothed_cross_entropy_(chunk, targets[rows], kept[rows], label_smoothing)[0]
+        ctx.save_for_backward(grad)
+        return total
 
     @staticmethod
     def backward(ctx, grad_output: torch.Tensor) -> tuple[torch.Tensor, None, None]:
-        logits, targets, kept = ctx.saved_tensors
-        smoothing = ctx.label_smoothing
-        grad = torch.softmax(logits, dim=-1)  # the only (N, V) tensor allocated here; becomes the gradient
-        if smoothing:
-            grad.sub_(smoothing / logits.shape[-1])
-        grad.scatter_add_(-1, targets[:, None], grad.new_full((grad.shape[0], 1), smoothing - 1))
-        return grad.mul_((kept * grad_output)[:, None].to(grad.dtype)), None, None
+        (grad,) = ctx.saved_tensors
+        return grad * grad_output, None, None
+
+
+class LinearCrossEntropy(torch.autograd.Function):
+    """Summed label-smoothed cross-entropy of the logits `hidden @ weight.T + bias` against `labels` (-100 ignored),
+    without ever holding the `(N, V)` logits: the output projection and the loss fused, chunk by chunk over the
+    `N` rows ([`rows_per_chunk`]), as Liger Kernel's fused linear cross-entropy (Hsu et al., 2024) does.
+
+    `hidden` `(N, d)`, `weight` `(V, d)`, `bias` `(V,)` or None (a buffer: no gradient), `labels` `(N,)`. Each
+    chunk's logits are computed (in `hidden`'s precision, or autocast's), taken to float32 (float64 stays), turned
+    into the loss and its gradient in place, and multiplied back into the gradients of `hidden` and `weight`, which
+    the forward pass returns ready for backward to scale. The same three matrix products as the unfused head; what
+    goes is the `(N, V)` logits and gradient (131 MB each for the main job's 4,096 x 8,000), which on CPU glibc maps
+    and faults in afresh every step, and a second exponential per logit.
+    """
+
+    @staticmethod
+    def forward(
+        ctx,
+        hidden: torch.Tensor,
+        weight: torch.Tensor,
+        bias: torch.Tensor | None,
+        labels: torch.Tensor,
+        label_smoothing: float,
+    ) -> torch.Tensor:
+        targets, kept = _targets(labels)
+        precision = torch.promote_types(hidden.dtype, torch.float32)  # of the loss: float32 at least
+        needs_grad = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
+        grad_hidden = torch.empty_like(hidden) if ctx.needs_input_grad[0] else None
+        grad_weight = torch.zeros_like(weight, dtype=precision) if ctx.needs_input_grad[1] else None
+        total = torch.zeros((), device=hidden.device, dtype=precision)
+        step = rows_per_chunk(hidden.shape[0], weight.shape[0])
+        for start in range(0, hidden.shape[0], step):
+            rows = slice(start, start + step)
+            logits = (hidden[rows] @ weight.T).to(precision)
+            if bias is not None:
+                logits += bias
+            loss, grad = smoothed_cross_entropy_(logits, targets[rows], kept[rows], label_smoothing)
+            total += loss
+            if needs_grad:
+                grad = grad.to(hidden.dtype)
+                if grad_hidden is not None:
+                    grad_hidden[rows] = grad @ weight
+                if grad_weight is not None:
+                    grad_weight += grad.T @ hidden[rows]
+        ctx.save_for_backward(grad_hidden, grad_weight.to(weight.dtype) if grad_weight is not None else None)
+        return total
+
+    @staticmethod
+    def backward(ctx, grad_output: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None, None, None, None]:
+        grad_hidden, grad_weight = ctx.saved_tensors
+        scaled = [None if grad is None else grad * grad_output.to(grad.dtype) for grad in (grad_hidden, grad_weight)]
+        return scaled[0], scaled[1], None, None, None
+
+
+def mean_over_targets(
+    total: torch.Tensor, labels: torch.Tensor, num_items_in_batch: int | torch.Tensor | None
+) -> torch.Tensor:
+    """A summed token loss divided by `num_items_in_batch` when given (transformers' Trainer passes the number of
+    target tokens of the whole accumulated batch, so gradient accumulation weighs every token alike), otherwise by
+    the number of target tokens in `labels`.
+
+    Labels that are all -100 give a loss of 0 with zero gradients, where transformers' models (BART's and Marian's
+    mean `CrossEntropyLoss`) give NaN: the sum over no tokens is 0, and that is also what such a batch adds to an
+    accumulated batch through `num_items_in_batch`. A NaN would poison the weights and the optimizer state at the next
+    step, and an error would end a training run over one batch whose targets are all masked; with any target token
+    the loss is the mean, as theirs.
+    """
+    count = num_items_in_batch if num_items_in_batch is not None else (labels != -100).sum()
+    if torch.is_tensor(count):
+        return total / count.to(total.device).clamp(min=1)
+    return total / max(count, 1)
 
 
 def seq2seq_loss(
@@ -837,25 +939,12 @@ def seq2seq_loss(
     label_smoothing: float = 0.0,
     num_items_in_batch: int | torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Token-level cross-entropy over `(B, T, V)` logits and `(B, T)` labels, -100 ignored ([`TokenCrossEntropy`]).
-
-    Summed, then divided by `num_items_in_batch` when given (transformers' Trainer passes the number of
-    target tokens of the whole accumulated batch, so gradient accumulation weighs every token alike),
-    otherwise by the number of target tokens here.
-
-    Labels that are all -100 give a loss of 0 with zero gradients, where transformers' models (BART's and Marian's
-    mean `CrossEntropyLoss`) give NaN: the sum over no tokens is 0, and that is also what such a batch adds to an
-    accumulated batch through `num_items_in_batch`. A NaN would poison the weights and the optimizer state at the next
-    step, and an error would end a training run over one batch whose targets are all masked; with any target token
-    the loss is the mean, as theirs.
-    """
+    """Token-level cross-entropy over `(B, T, V)` logits and `(B, T)` labels, -100 ignored ([`TokenCrossEntropy`]),
+    averaged by [`mean_over_targets`]."""
     total = TokenCrossEntropy.apply(
         logits.float().flatten(0, 1), labels.flatten().to(logits.device, torch.long), float(label_smoothing)
     )
-    count = num_items_in_batch if num_items_in_batch is not None else (labels != -100).sum()
-    if torch.is_tensor(count):
-        return total / count.to(total.device).clamp(min=1)
-    return total / max(count, 1)
+    return mean_over_targets(total, labels, num_items_in_batch)
 
 
 class PosformerForConditionalGeneration(PosformerPreTrainedModel, GenerationMixin):
@@ -900,6 +989,26 @@ class PosformerForConditionalGeneration(PosformerPreTrainedModel, GenerationMixi
             decoder_output = decoder_output * self.output_scale
         logits = self.lm_head(decoder_output)
         return logits + self.final_logits_bias if self.final_logits_bias is not None else logits
+
+    def vocabulary_loss(
+        self,
+        decoder_output: torch.Tensor,
+        labels: torch.Tensor,
+        label_smoothing: float = 0.0,
+        num_items_in_batch: int | torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """`seq2seq_loss(project_to_vocabulary(decoder_output), labels, ...)` without the `(B, T, V)` logits:
+        `(B, T, d)` decoder output and `(B, T)` labels through [`LinearCrossEntropy`], then [`mean_over_targets`]."""
+        if self.output_scale != 1.0:
+            decoder_output = decoder_output * self.output_scale
+        total = LinearCrossEntropy.apply(
+            decoder_output.flatten(0, 1),
+            self.lm_head.weight,
+            self.final_logits_bias,
+            labels.flatten().to(decoder_output.device, torch.long),
+            float(label_smoothing),
+        )
+        return mean_over_targets(total, labels, num_items_in_batch)
 
     def prepare_decoder_input_ids_from_labels(self, labels: torch.Tensor) -> torch.Tensor:
         """Used by `DataCollatorForSeq2Seq` to build `decoder_input_ids`."""
@@ -949,17 +1058,28 @@ class PosformerForConditionalGeneration(PosformerPreTrainedModel, GenerationMixi
         use_cache: bool | None = None,
         past_key_values: Cache | None = None,
         logits_to_keep: int | torch.Tensor = 0,
+        loss_smoothing: float = 0.0,
+        return_logits: bool = True,
         **kwargs: Unpack[TransformersKwargs],
     ) -> Seq2SeqLMOutput:
-        """`labels` `(B, T)` (-100 = ignore) give the loss (the mean token cross-entropy, unsmoothed as in BART and
-        Marian: smoothing belongs to the training recipe, posformer-train's `--label_smoothing` or the Trainer's
-        `--label_smoothing_factor`) and, when no decoder inputs are passed, the decoder inputs (labels shifted right
-        behind `decoder_start_token_id`). The cache comes as `cache` (what `generate` passes from transformers 5.24
-        on) or `past_key_values` (before), and goes back in the output field of the installed transformers' name.
+        """`labels` `(B, T)` (-100 = ignore) give the loss (the mean token cross-entropy, unsmoothed by default as in
+        BART and Marian: smoothing belongs to the training recipe, posformer-train's `--label_smoothing` or the
+        Trainer's `--label_smoothing_factor`) and, when no decoder inputs are passed, the decoder inputs (labels
+        shifted right behind `decoder_start_token_id`). The cache comes as `cache` (what `generate` passes from
+        transformers 5.24 on) or `past_key_values` (before), and goes back in the output field of the installed
+        transformers' name.
 
         `logits_to_keep` projects only some decoder positions onto the vocabulary: an int keeps the last that many
         (0, the default, keeps all; `generate` passes 1), a 1-D tensor the positions it lists. `logits` is then
-        `(B, kept, V)`; with `labels` it must keep all."""
+        `(B, kept, V)`; with `labels` it must keep all.
+
+        `loss_smoothing` smooths that loss (posformer-train passes its `--label_smoothing`; not named `label_*`:
+        transformers' Trainer takes every forward argument named so for a label column that the batch must hold).
+        `return_logits=False` (with `labels`) computes that loss without the `(B, T, V)` logits, the projection and
+        the loss fused chunk by chunk ([`LinearCrossEntropy`]; `logits` is then None): what posformer-train's steps
+        use, as the same loss and gradients with less memory and time."""
+        if not return_logits and labels is None:
+            raise ValueError("return_logits=False computes the loss over `labels` without the logits: pass labels.")
         num_items_in_batch = kwargs.pop("num_items_in_batch", None)
         if labels is not None:
             decoder_inputs = decoder_input_ids if decoder_input_ids is not None else decoder_inputs_embeds
@@ -987,11 +1107,13 @@ class PosformerForConditionalGeneration(PosformerPreTrainedModel, GenerationMixi
                 f"logits_to_keep={logits_to_keep!r} drops logits that the loss over `labels` needs: pass labels with "
                 "logits_to_keep=0 (every position), or no labels."
             )
-        kept = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
-        logits = self.project_to_vocabulary(outputs.last_hidden_state[:, kept])
-        loss = None
-        if labels is not None:
-            loss = seq2seq_loss(logits, labels, num_items_in_batch=num_items_in_batch)
+        if return_logits:
+            kept = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
+            logits = self.project_to_vocabulary(outputs.last_hidden_state[:, kept])
+            loss = seq2seq_loss(logits, labels, loss_smoothing, num_items_in_batch) if labels is not None else None
+        else:
+            logits = None
+            loss = self.vocabulary_loss(outputs.last_hidden_state, labels, loss_smoothing, num_items_in_batch)
         return Seq2SeqLMOutput(
             loss=loss,
             logits=logits,

@@ -13,7 +13,7 @@ from transformers.modeling_outputs import Seq2SeqLMOutput, Seq2SeqModelOutput
 from conftest import enable_activation_checkpointing, tiny_config
 from posformer.configuration.transformers_compat import CACHE_NAME
 from posformer.modeling import POSITION_ENCODINGS, PosformerForConditionalGeneration, PosformerModel, modeling_posformer
-from posformer.modeling.modeling_posformer import TokenCrossEntropy
+from posformer.modeling.modeling_posformer import LinearCrossEntropy, TokenCrossEntropy
 
 ENCODINGS = sorted(POSITION_ENCODINGS)
 BACKENDS = ["eager", "sdpa"]
@@ -459,8 +459,15 @@ def test_a_checkpoint_that_stored_label_smoothing_loads_and_does_not_smooth(tmp_
     assert "label_smoothing" not in json.loads((tmp_path / "new" / "config.json").read_text())
 
 
+@pytest.fixture(params=["one chunk", "chunks of 8 rows"])
+def loss_chunks(request, monkeypatch):
+    """The fused losses in one chunk (these sizes' default) and in chunks of 8 rows, the last one partial."""
+    if request.param != "one chunk":
+        monkeypatch.setattr(modeling_posformer, "rows_per_chunk", lambda rows, vocab_size: 8)
+
+
 @pytest.mark.parametrize("label_smoothing", [0.0, 0.1])
-def test_fused_token_cross_entropy_equals_torch_in_value_and_gradient(label_smoothing):
+def test_fused_token_cross_entropy_equals_torch_in_value_and_gradient(label_smoothing, loss_chunks):
     generator = torch.Generator().manual_seed(0)
     logits = torch.randn(37, 11, dtype=torch.float64, generator=generator, requires_grad=True)
     labels = torch.randint(0, 11, (37,), generator=generator)
@@ -473,6 +480,82 @@ def test_fused_token_cross_entropy_equals_torch_in_value_and_gradient(label_smoo
     torch.testing.assert_close(fused_grad, reference_grad)
     assert fused_grad[::5].abs().max() == 0  # ignored tokens get no gradient
     assert torch.autograd.gradcheck(lambda x: TokenCrossEntropy.apply(x, labels, label_smoothing), (logits,))
+
+
+@pytest.mark.parametrize("label_smoothing", [0.0, 0.1])
+def test_fused_linear_cross_entropy_equals_the_projection_then_torch_in_value_and_gradients(
+    label_smoothing, loss_chunks
+):
+    generator = torch.Generator().manual_seed(0)
+    hidden = torch.randn(37, 6, dtype=torch.float64, generator=generator, requires_grad=True)
+    weight = torch.randn(11, 6, dtype=torch.float64, generator=generator, requires_grad=True)
+    bias = torch.randn(11, dtype=torch.float64, generator=generator)
+    labels = torch.randint(0, 11, (37,), generator=generator)
+    labels[::5] = -100
+    fused = LinearCrossEntropy.apply(hidden, weight, bias, labels, label_smoothing)
+    fused_grads = torch.autograd.grad(fused * 1.7, (hidden, weight))
+    reference = torch.nn.functional.cross_entropy(
+        hidden @ weight.T + bias, labels, reduction="sum", label_smoothing=label_smoothing
+    )
+    reference_grads = torch.autograd.grad(reference * 1.7, (hidden, weight))
+    torch.testing.assert_close(fused, reference)
+    for fused_grad, reference_grad in zip(fused_grads, reference_grads, strict=True):
+        torch.testing.assert_close(fused_grad, reference_grad)
+    assert fused_grads[0][::5].abs().max() == 0  # ignored tokens get no gradient
+    assert torch.autograd.gradcheck(
+        lambda x, w: LinearCrossEntropy.apply(x, w, bias, labels, label_smoothing), (hidden, weight)
+    )
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [{}, {"tie_word_embeddings": False, "scale_decoder_output": True}, {"final_logits_bias": True}],
+    ids=["tied", "untied-scaled-output", "final-logits-bias"],
+)
+def test_the_loss_without_logits_is_the_loss_of_the_logits_with_the_same_gradients(overrides, loss_chunks):
+    torch.manual_seed(0)
+    model = build("rope", init_std=0.2, **overrides).train()
+    model.config.dropout = 0.0  # the two forwards must see the same network
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+    src, mask, tgt = batch()
+    tgt[0, -2:] = -100
+    results = []
+    for return_logits in (True, False):
+        model.zero_grad()
+        out = model(input_ids=src, attention_mask=mask, labels=tgt, loss_smoothing=0.1, return_logits=return_logits)
+        out.loss.backward()
+        results.append((out, {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}))
+    (with_logits, with_logits_grads), (fused, fused_grads) = results
+    assert fused.logits is None and with_logits.logits is not None
+    assert fused.loss.dtype == torch.float32
+    torch.testing.assert_close(fused.loss, with_logits.loss)
+    torch.testing.assert_close(
+        with_logits.loss,
+        torch.nn.functional.cross_entropy(with_logits.logits.flatten(0, 1), tgt.flatten(), label_smoothing=0.1),
+    )
+    assert fused_grads.keys() == with_logits_grads.keys()
+    for name, grad in fused_grads.items():
+        torch.testing.assert_close(grad, with_logits_grads[name], msg=name)
+
+
+def test_the_loss_without_logits_under_bf16_autocast_is_a_float32_loss_near_the_float32_one():
+    torch.manual_seed(0)
+    model = build("sinusoidal", init_std=0.2)
+    src, mask, tgt = batch()
+    with torch.no_grad():
+        full = model(input_ids=src, attention_mask=mask, labels=tgt, loss_smoothing=0.1, return_logits=False).loss
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            half = model(input_ids=src, attention_mask=mask, labels=tgt, loss_smoothing=0.1, return_logits=False).loss
+    assert half.dtype == torch.float32
+    torch.testing.assert_close(half, full, rtol=2e-2, atol=0)
+
+
+def test_no_logits_without_labels_is_refused():
+    src, mask, tgt = batch()
+    with pytest.raises(ValueError, match="return_logits=False computes the loss over `labels`"):
+        build("sinusoidal")(input_ids=src, attention_mask=mask, decoder_input_ids=tgt, return_logits=False)
 
 
 def test_lm_head_is_tied_to_shared_embeddings_and_untied_on_request(tmp_path):

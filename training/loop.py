@@ -26,7 +26,6 @@ from transformers import AutoTokenizer, get_inverse_sqrt_schedule
 
 from ..modeling import PosformerForConditionalGeneration
 from ..modeling.atomic_io import atomic_directory, atomic_write_text
-from ..modeling.modeling_posformer import seq2seq_loss
 from .arguments import build_config
 from .checkpoint_averaging import average_checkpoints
 from .data import (
@@ -328,10 +327,10 @@ class TrainingRun:
             with nullcontext() if last else accelerator.no_sync(model):
                 batch = {name: tensor.to(accelerator.device) for name, tensor in batch.items()}
                 labels = batch.pop("labels")
-                # the loss is taken here, not inside the model: FSDP's bf16 policy casts the model's outputs, which
-                # would round a loss returned by the model to bf16 (about 0.03 at 4.6)
-                logits = model(**batch, decoder_input_ids=self.decoder_inputs(labels)).logits
-                loss = seq2seq_loss(logits, labels, self.args.label_smoothing, global_tokens)
+                # the projection and the loss fused, without (N, V) logits; the loss in float32, also under bf16
+                loss = model(**batch, decoder_input_ids=self.decoder_inputs(labels), labels=labels,
+                             loss_smoothing=self.args.label_smoothing, num_items_in_batch=global_tokens,
+                             return_logits=False).loss  # fmt: skip
                 # data parallelism averages gradients over processes; the loss is already a global mean
                 accelerator.backward(loss * accelerator.num_processes)
             step_loss += loss.detach()
