@@ -10,8 +10,9 @@ Every workload runs in interleaved rounds (ours, Marian, then Marian, ours, ...)
 alike; the table reports the median time of each and the ratio ours/peer (lower is better), then every position
 encoding of ours relative to our `sinusoidal` (a separate interleaved group, so that neither comparison is
 timed in the other's allocator state). Workloads: a training step (forward + backward + AdamW) on a
-batch of 32 x 64 tokens, cached greedy generation of 64 new tokens for 8 sentences, and 4-beam search; and
-the peak memory of the training step (CUDA: allocator peak; CPU: the tensors a profiler sees allocated).
+batch of 32 x 64 tokens (posformer's with the fused projection and loss of posformer-train, then again returning
+its logits, as under `Seq2SeqTrainer`), cached greedy generation of 64 new tokens for 8 sentences, and 4-beam
+search; and the peak memory of both training steps (CUDA: allocator peak; CPU: the tensors a profiler sees allocated).
 `--profile` adds where the time goes: one profiled training step and greedy generation of posformer and Marian,
 their operators' own time summed by kind (matrix multiplies, attention, softmax and loss, ...).
 
@@ -88,10 +89,16 @@ def batch(size: Size, rows: int, device: torch.device) -> dict[str, torch.Tensor
     return {"input_ids": input_ids.to(device), "labels": labels.to(device)}
 
 
-def training_step(model, optimizer, inputs) -> Callable[[], None]:
+def training_step(model, optimizer, inputs, return_logits: bool = False) -> Callable[[], None]:
+    """Forward, backward and AdamW. posformer's loss comes without logits (`return_logits=False`, the fused
+    projection and loss that posformer-train's steps use) or, with `return_logits`, from its logits as
+    `Seq2SeqTrainer`'s steps take it; Marian computes its logits either way."""
+    fused = not return_logits and isinstance(model, PosformerForConditionalGeneration)
+    options = {"return_logits": False} if fused else {}
+
     def step() -> None:
         model.train()
-        loss = model(**inputs).loss
+        loss = model(**inputs, **options).loss
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -280,6 +287,9 @@ def workload_functions(models: dict, optimizers: dict, inputs: dict, size: Size)
     """Workload -> model name -> the call to time."""
     return {
         "training step": {name: training_step(m, optimizers[name], inputs["train"]) for name, m in models.items()},
+        "training step, logits returned": {
+            name: training_step(m, optimizers[name], inputs["train"], return_logits=True) for name, m in models.items()
+        },
         "greedy generation": {name: generation(m, inputs["generate"], size, 1) for name, m in models.items()},
         "beam search (4)": {name: generation(m, inputs["generate"], size, 4) for name, m in models.items()},
     }
@@ -291,9 +301,10 @@ def measure(models: dict, size: Size, rounds: int, device: torch.device) -> dict
     optimizers = {name: torch.optim.AdamW(model.parameters(), lr=1e-4) for name, model in models.items()}
     functions = workload_functions(models, optimizers, inputs, size)
     results = {workload: compare(calls, rounds, device) for workload, calls in functions.items()}
-    results["peak training memory (bytes)"] = {
-        name: peak_memory(call, device) for name, call in functions["training step"].items()
-    }
+    for workload in ("training step", "training step, logits returned"):
+        results[workload.replace("training step", "peak training memory") + " (bytes)"] = {
+            name: peak_memory(call, device) for name, call in functions[workload].items()
+        }
     return results
 
 

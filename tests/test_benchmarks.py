@@ -29,7 +29,8 @@ def test_speed_benchmark_writes_its_table(tmp_path, capsys):
     speed.main(["--tiny", "--rounds", "1", "--profile", "--out", str(out)])
     results = json.loads(out.read_text())
     assert set(results["workloads"]) == {
-        "training step", "greedy generation", "beam search (4)", "peak training memory (bytes)"
+        "training step", "training step, logits returned", "greedy generation", "beam search (4)",
+        "peak training memory (bytes)", "peak training memory, logits returned (bytes)",
     }  # fmt: skip
     assert set(results["encodings"]) == set(results["workloads"])
     for group, names in (("workloads", {"posformer", "marian"}), ("encodings", set(POSITION_ENCODINGS))):
