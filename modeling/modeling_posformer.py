@@ -17,7 +17,7 @@ import importlib
 import math
 import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import torch
 from huggingface_hub import try_to_load_from_cache
@@ -796,10 +796,11 @@ class PosformerModel(PosformerPreTrainedModel):
 
 
 def smoothed_cross_entropy_(
-    logits: torch.Tensor, targets: torch.Tensor, kept: torch.Tensor, smoothing: float
-) -> tuple[torch.Tensor, torch.Tensor]:
+    logits: torch.Tensor, targets: torch.Tensor, kept: torch.Tensor, smoothing: float, gradient: bool = True
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Summed label-smoothed cross-entropy of float32 `(n, V)` logits `z` against `(n,)` targets `y` (rows where
-    `kept` is False count for nothing), and its gradient with respect to `z`, written over `logits`.
+    `kept` is False count for nothing), and (with `gradient`) its gradient with respect to `z`; `logits` is
+    overwritten either way.
 
     Per row, with smoothing `eps` (Szegedy et al., 2016; the paper's 0.1) and `L = logsumexp(z)`:
     `loss = -(1 - eps) * log p[y] - eps * mean(log p) = L - (1 - eps) * z[y] - eps * mean(z)`, which is
@@ -813,6 +814,8 @@ def smoothed_cross_entropy_(
     exponentials = logits.sub_(top).exp_()
     sums = exponentials.sum(-1, keepdim=True)
     token_loss = top + sums.log() - (1 - smoothing) * target_logit - smoothing * mean_logit
+    if not gradient:
+        return (token_loss * weight).sum(), None
     grad = exponentials.mul_(weight / sums)
     if smoothing:
         grad.sub_(weight * (smoothing / logits.shape[-1]))
@@ -827,6 +830,12 @@ def rows_per_chunk(rows: int, vocab_size: int) -> int:
     return max(math.ceil(2**22 / vocab_size), math.ceil(rows / 64))
 
 
+def chunks(rows: int, vocab_size: int) -> Iterator[slice]:
+    """The row slices of `(rows, vocab_size)` logits, [`rows_per_chunk`] at a time."""
+    step = rows_per_chunk(rows, vocab_size)
+    return (slice(start, start + step) for start in range(0, rows, step))
+
+
 def _targets(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """`(targets, kept)`: labels with -100 replaced by 0, and where they were not -100."""
     kept = labels != -100
@@ -835,31 +844,32 @@ def _targets(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 class TokenCrossEntropy(torch.autograd.Function):
     """Summed label-smoothed cross-entropy of `(N, V)` logits against `(N,)` labels (-100 ignored), fused
-    ([`smoothed_cross_entropy_`]).
+    ([`smoothed_cross_entropy_`], chunk by chunk: [`rows_per_chunk`]).
 
     `F.cross_entropy` keeps its `(N, V)` log-probabilities for the backward pass and allocates two more `(N, V)`
-    tensors there. This allocates one, the gradient, and fills it in the forward pass, chunk by chunk (one
-    exponential per logit, where log-softmax then softmax take two); nothing vocabulary-sized is kept but the
-    gradient and the logits (which the model output keeps alive anyway). Without gradients, a chunk of scratch.
+    tensors there. This keeps nothing vocabulary-sized but the logits (which the model output keeps alive anyway):
+    the forward pass needs one chunk of scratch, and the backward pass recomputes the softmax into the one `(N, V)`
+    tensor it allocates, the gradient, when the rest of the step's activations are being freed.
     """
 
     @staticmethod
     def forward(ctx, logits: torch.Tensor, labels: torch.Tensor, label_smoothing: float) -> torch.Tensor:
         targets, kept = _targets(labels)
-        grad = torch.empty_like(logits) if ctx.needs_input_grad[0] else None
         total = logits.new_zeros(())
-        step = rows_per_chunk(*logits.shape)
-        for start in range(0, logits.shape[0], step):
-            rows = slice(start, start + step)
-            chunk = grad[rows].copy_(logits[rows]) if grad is not None else logits[rows].clone()
-            total += smoothed_cross_entropy_(chunk, targets[rows], kept[rows], label_smoothing)[0]
-        ctx.save_for_backward(grad)
+        for rows in chunks(*logits.shape):
+            chunk = logits[rows].clone()
+            total += smoothed_cross_entropy_(chunk, targets[rows], kept[rows], label_smoothing, gradient=False)[0]
+        ctx.save_for_backward(logits, targets, kept)
+        ctx.label_smoothing = label_smoothing
         return total
 
     @staticmethod
     def backward(ctx, grad_output: torch.Tensor) -> tuple[torch.Tensor, None, None]:
-        (grad,) = ctx.saved_tensors
-        return grad * grad_output, None, None
+        logits, targets, kept = ctx.saved_tensors
+        grad = torch.empty_like(logits)
+        for rows in chunks(*logits.shape):
+            smoothed_cross_entropy_(grad[rows].copy_(logits[rows]), targets[rows], kept[rows], ctx.label_smoothing)
+        return grad.mul_(grad_output), None, None
 
 
 class LinearCrossEntropy(torch.autograd.Function):
@@ -890,13 +900,11 @@ class LinearCrossEntropy(torch.autograd.Function):
         grad_hidden = torch.empty_like(hidden) if ctx.needs_input_grad[0] else None
         grad_weight = torch.zeros_like(weight, dtype=precision) if ctx.needs_input_grad[1] else None
         total = torch.zeros((), device=hidden.device, dtype=precision)
-        step = rows_per_chunk(hidden.shape[0], weight.shape[0])
-        for start in range(0, hidden.shape[0], step):
-            rows = slice(start, start + step)
+        for rows in chunks(hidden.shape[0], weight.shape[0]):
             logits = (hidden[rows] @ weight.T).to(precision)
             if bias is not None:
                 logits += bias
-            loss, grad = smoothed_cross_entropy_(logits, targets[rows], kept[rows], label_smoothing)
+            loss, grad = smoothed_cross_entropy_(logits, targets[rows], kept[rows], label_smoothing, needs_grad)
             total += loss
             if needs_grad:
                 grad = grad.to(hidden.dtype)
